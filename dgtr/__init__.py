@@ -1,0 +1,2 @@
+"""dgtr — Dexterous Grasp Transformer, CPU-first."""
+__version__ = "0.1.0"

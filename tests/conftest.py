@@ -1,0 +1,17 @@
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+# Real DexGraspNet samples live beside the checkout (never in the repo); tests using them skip when absent.
+DEXGRASPNET = Path(os.environ.get("DGTR_DEXGRASPNET", Path(__file__).resolve().parents[2] / "shared" / "dexgraspnet"))
+
+torch.set_num_threads(min(2, torch.get_num_threads()))
+
+
+@pytest.fixture(scope="session")
+def dexgraspnet_dir() -> Path:
+    if not (DEXGRASPNET / "dataset").is_dir():
+        pytest.skip(f"real DexGraspNet samples not found at {DEXGRASPNET}")
+    return DEXGRASPNET
