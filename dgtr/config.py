@@ -1,0 +1,134 @@
+"""One config system: typed dataclasses, loaded from YAML, overridden by dotted ``key=value`` pairs.
+
+Every module that needs settings defines its own ``@dataclass`` section (``ModelConfig`` in ``dgtr.model``, …);
+commands compose sections into a top-level dataclass.  ``load(cls, path, overrides)`` builds one, checking every key
+and converting every value to the declared type, so a typo in a YAML file or on the command line is an error, not a
+silently ignored setting.  ``save(cfg, path)`` writes the resolved config next to checkpoints and results.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import types
+import typing
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+from .errors import FileFormatError, InputError, MissingFileError
+
+T = TypeVar("T")
+
+
+def _convert(value: Any, tp: Any, where: str) -> Any:
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise InputError(f"config {where}: expected a mapping, got {value!r}")
+        return from_dict(tp, value, where)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return _convert(value, a, where)
+            except InputError:
+                pass
+        raise InputError(f"config {where}: {value!r} is not a {tp}")
+    if origin in (list, tuple):
+        if isinstance(value, str):
+            value = [v for v in value.split(",") if v != ""]
+        if not isinstance(value, (list, tuple)):
+            raise InputError(f"config {where}: expected a list, got {value!r}")
+        args = typing.get_args(tp)
+        item = args[0] if args else Any
+        out = [_convert(v, item, f"{where}[{i}]") for i, v in enumerate(value)]
+        return tuple(out) if origin is tuple else out
+    if tp is Any:
+        return value
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("1", "true", "yes", "on", "0", "false", "no", "off"):
+            return value.lower() in ("1", "true", "yes", "on")
+        raise InputError(f"config {where}: expected true/false, got {value!r}")
+    if tp in (int, float, str):
+        try:
+            if tp is int and isinstance(value, float) and not value.is_integer():
+                raise ValueError
+            return tp(value)
+        except (TypeError, ValueError):
+            raise InputError(f"config {where}: expected {tp.__name__}, got {value!r}") from None
+    return value
+
+
+def from_dict(cls: type[T], data: dict, where: str = "") -> T:
+    """Build dataclass ``cls`` from a (possibly partial) nested dict; unknown keys are errors."""
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(data) - names
+    if unknown:
+        raise InputError(f"config {where or cls.__name__}: unknown key(s) {sorted(unknown)}; valid: {sorted(names)}")
+    kwargs = {k: _convert(v, hints[k], f"{where}.{k}".lstrip(".")) for k, v in data.items()}
+    base = cls()
+    for k, v in kwargs.items():
+        setattr(base, k, v)
+    return base
+
+
+def to_dict(cfg: Any) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def _set_dotted(d: dict, key: str, value: Any) -> None:
+    parts = key.split(".")
+    for p in parts[:-1]:
+        d = d.setdefault(p, {})
+        if not isinstance(d, dict):
+            raise InputError(f"override {key}: {p} is not a section")
+    d[parts[-1]] = value
+
+
+def _merge(a: dict, b: dict) -> dict:
+    out = dict(a)
+    for k, v in b.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def load(cls: type[T], path: str | os.PathLike | None = None, overrides: typing.Iterable[str] = ()) -> T:
+    """Defaults of ``cls``, updated by the YAML file at ``path`` (if given), then by ``key.sub=value`` overrides.
+
+    Override values are parsed as YAML scalars (``lr=2e-4``, ``flag=true``, ``names=[a,b]``).
+    """
+    data = to_dict(cls())
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise MissingFileError(f"config file not found: {p}")
+        try:
+            loaded = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise FileFormatError(f"config file {p} is not valid YAML: {e}") from None
+        if not isinstance(loaded, dict):
+            raise FileFormatError(f"config file {p}: expected a mapping at top level")
+        data = _merge(data, loaded)
+    for ov in overrides:
+        if "=" not in ov:
+            raise InputError(f"override {ov!r}: expected key=value")
+        k, v = ov.split("=", 1)
+        _set_dotted(data, k.strip(), yaml.safe_load(v) if v.strip() else "")
+    return from_dict(cls, data)
+
+
+def save(cfg: Any, path: str | os.PathLike) -> None:
+    """Write the resolved config as YAML, atomically."""
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    tmp = p.with_name(p.name + ".tmp")
+    tmp.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    os.replace(tmp, p)
