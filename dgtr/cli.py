@@ -1,2 +1,56 @@
-def main(argv=None):
-    raise SystemExit("dgtr: not yet implemented")
+"""The ``dgtr`` command.  Each subcommand lives in its module as ``add_<name>_args(parser)`` + ``run_<name>(args)``."""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from . import __version__
+from .errors import DgtrError
+
+# name -> (module, one-line help); modules are imported only when their subcommand is built
+COMMANDS = {
+    "predict": ("dgtr.predict", "predict 16 diverse grasps for a mesh or point cloud"),
+    "train": ("dgtr.train", "train DGTR with the dynamic-static matching schedule"),
+    "eval": ("dgtr.evaluate", "score DexGraspNet-format grasps with the paper's metrics and a MuJoCo test"),
+    "synth": ("dgtr.synth", "synthesize a validated DexGraspNet-style grasp dataset for meshes"),
+    "demo": ("dgtr.demo", "the bundled end-to-end demo (what `make demo` runs)"),
+}
+
+
+def _available(name: str) -> bool:
+    return importlib.util.find_spec(COMMANDS[name][0]) is not None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="dgtr", description="Dexterous Grasp Transformer (CVPR 2024), CPU-first.")
+    parser.add_argument("--version", action="version", version=f"dgtr {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (modname, help_) in COMMANDS.items():
+        if not _available(name):
+            continue
+        mod = importlib.import_module(modname)
+        p = sub.add_parser(name, help=help_, description=help_)
+        getattr(mod, f"add_{name}_args")(p)
+        p.set_defaults(_run=getattr(mod, f"run_{name}"))
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "_run", None):
+        parser.print_help()
+        return 0
+    try:
+        return int(args._run(args) or 0)
+    except DgtrError as e:
+        print(f"dgtr {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"dgtr {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,97 @@
+import numpy as np
+import pytest
+import torch
+
+from dgtr.data import (GraspSet, QPOS_KEYS, load_grasps, read_dgtr_h5, records_from_grasps, save_grasps)
+from dgtr.errors import FileFormatError, InputError, MissingFileError
+from dgtr.rotations import matrix_from_euler
+
+
+def _random_set(m=7, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return GraspSet(torch.rand(m, 22, generator=g, dtype=torch.float64),
+                    (torch.rand(m, 3, generator=g, dtype=torch.float64) - 0.5) * 3,
+                    (torch.rand(m, 3, generator=g, dtype=torch.float64) - 0.5) * 0.4,
+                    torch.full((m,), 0.1, dtype=torch.float64), code="obj",
+                    extra={"E_pen": np.arange(m, dtype=np.float64)})
+
+
+def test_roundtrip_real_files_exact(dexgraspnet_dir, tmp_path):
+    for f in sorted((dexgraspnet_dir / "dataset").glob("*.npy")):
+        orig = list(np.load(f, allow_pickle=True))
+        g = load_grasps(f)
+        assert len(g) == len(orig) and g.code == f.stem
+        save_grasps(tmp_path / f.name, g)
+        back = list(np.load(tmp_path / f.name, allow_pickle=True))
+        assert back == orig  # dict equality: every key and every float bit-identical
+
+
+def test_roundtrip_written_set_exact(tmp_path):
+    g = _random_set()
+    save_grasps(tmp_path / "obj.npy", g)
+    h = load_grasps(tmp_path / "obj.npy")
+    for a in ("joints", "euler", "translation", "scale"):
+        assert torch.equal(getattr(g, a), getattr(h, a))
+    assert np.array_equal(h.extra["E_pen"], g.extra["E_pen"])
+    assert records_from_grasps(h) == records_from_grasps(g)
+
+
+def test_from_pose_rotation_matches():
+    g = _random_set()
+    h = GraspSet.from_pose(g.rotation, g.translation, g.joints, 0.1)
+    assert torch.allclose(h.rotation, g.rotation, atol=1e-12)
+    assert torch.allclose(g.rotation, matrix_from_euler(g.euler))
+
+
+def test_scales_tolerant_to_float32():
+    g = _random_set(4)
+    g.scale = torch.tensor([0.06, np.float32(0.06), 0.1, np.float32(0.1)], dtype=torch.float64)
+    assert len(g.scales()) == 2 and len(g.at_scale(0.1)) == 2
+
+
+def test_h5_layout(tmp_path):
+    h5py = pytest.importorskip("h5py")
+    g = _random_set(5)
+    pose = torch.cat([g.joints, g.euler, g.translation], 1).numpy()
+    cloud = np.random.default_rng(0).normal(size=(64, 3)).astype(np.float32)
+    with h5py.File(tmp_path / "d.h5", "w") as f:
+        for i, s in enumerate((0.06, 0.12)):
+            ds = f.create_dataset(f"obj_{i}", data=cloud)
+            ds.attrs["hand_pose"] = pose
+            ds.attrs["obj_code"] = "core-mug-x"
+            ds.attrs["scale"] = s
+    items = read_dgtr_h5(tmp_path / "d.h5")
+    assert len(items) == 2
+    pts, h = items[1]
+    assert np.array_equal(pts, cloud) and h.code == "core-mug-x" and float(h.scale[0]) == 0.12
+    assert torch.equal(h.joints, g.joints) and torch.equal(h.euler, g.euler) and torch.equal(h.translation, g.translation)
+
+
+def test_bad_files(tmp_path):
+    with pytest.raises(MissingFileError, match="nope.npy"):
+        load_grasps(tmp_path / "nope.npy")
+    bad = tmp_path / "corrupt.npy"
+    bad.write_bytes(b"not numpy at all")
+    with pytest.raises(FileFormatError, match="corrupt.npy"):
+        load_grasps(bad)
+    rec = records_from_grasps(_random_set(2))
+    del rec[1]["qpos"]["robot0:THJ0"]
+    arr = np.empty(2, dtype=object)
+    arr[:] = rec
+    np.save(tmp_path / "missing.npy", arr)
+    with pytest.raises(FileFormatError, match=r"missing.npy: grasp 1 .*THJ0"):
+        load_grasps(tmp_path / "missing.npy")
+    np.save(tmp_path / "floats.npy", np.zeros((3, 28)))
+    with pytest.raises(FileFormatError, match="floats.npy"):
+        load_grasps(tmp_path / "floats.npy")
+
+
+def test_wrong_shapes():
+    with pytest.raises(InputError, match="joints"):
+        GraspSet(torch.zeros(3, 21), torch.zeros(3, 3), torch.zeros(3, 3), torch.zeros(3))
+    with pytest.raises(InputError, match="rotation"):
+        GraspSet.from_pose(torch.zeros(3, 4), torch.zeros(3, 3), torch.zeros(3, 22), 0.1)
+
+
+def test_qpos_key_order():
+    assert QPOS_KEYS[0] == "robot0:FFJ3" and QPOS_KEYS[21] == "robot0:THJ0" and QPOS_KEYS[-1] == "WRJTz"
