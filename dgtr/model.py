@@ -1,0 +1,279 @@
+"""DGTR network: PointNet++ encoder (kNN grouping) → pre-norm transformer decoder over learnable grasp queries → heads.
+
+Shapes: B objects, N input points, Q queries (16), J joints (22), L decoder layers (4), d model width (256).
+
+Design (DESIGN.md §3; paper §3.2):
+- Encoder: 3 set-abstraction layers.  Each samples centres by farthest point sampling (FPS, start index 0, so the
+  encoder is deterministic), groups the k nearest neighbours of each centre (kNN, not ball query), concatenates their
+  xyz relative to the centre with their features, runs a shared MLP (1x1 conv + BatchNorm + ReLU) and max-pools over
+  the k neighbours.  1024/k32 → 512/k16 → 128/k8 tokens; 512 features projected to d by an MLP.
+- Decoder: DETR-style.  Q learnable query position embeddings; query content starts at zero.  Each pre-norm layer does
+  self-attention among queries, cross-attention to the encoder tokens (keys = token feature + MLP(token xyz)), FFN.
+  One shared final LayerNorm is applied to every layer's output before the heads (pre-norm leaves outputs unnormalised).
+- Heads (shared by all layers): joints → sigmoid → [lower, upper]; translation → sigmoid → [-t_range, t_range];
+  rotation → 4 numbers → L2-normalised wxyz quaternion (q and -q are the same rotation; the losses know it).
+
+FPS runs in native code (``fpsample``) on CPU tensors, and in a vectorised torch loop elsewhere; both pick the same
+indices (up to distance ties).  Sampling and kNN indices are not differentiated; gradients flow through the features.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .errors import InputError
+from .rotations import matrix_from_quaternion
+
+__all__ = ["ModelConfig", "DGTR", "build_model", "farthest_point_sample", "MIN_POINTS"]
+
+MIN_POINTS = 64  # the kNN of the first set-abstraction layer needs at least k=32 points; 64 leaves room to sample
+
+
+@dataclass
+class ModelConfig:
+    """Network shape.  The defaults are the faithful configuration of DESIGN.md §3 (≈3.9 M parameters)."""
+
+    n_points: int = 4096                      # expected input size (any N >= 64 is accepted)
+    sa_centres: list[int] = field(default_factory=lambda: [1024, 512, 128])
+    sa_k: list[int] = field(default_factory=lambda: [32, 16, 8])
+    # output widths of each set-abstraction MLP; input width = 3 (relative xyz) + previous layer's output width
+    sa_mlps: list[list[int]] = field(default_factory=lambda: [[64, 64, 128], [128, 128, 256], [256, 256, 512]])
+    proj_hidden: list[int] = field(default_factory=lambda: [512, 512])   # encoder 512 → d projection MLP
+    pos_hidden: list[int] = field(default_factory=lambda: [64, 128, 256])  # token xyz → d position-embedding MLP
+    d_model: int = 256
+    n_layers: int = 4
+    n_heads: int = 4
+    ffn_dim: int = 256
+    dropout: float = 0.1
+    pre_norm: bool = True
+    head_hidden: int = 128                    # each head: d → head_hidden → out
+    n_queries: int = 16
+    t_range: float = 0.22                     # translation head covers [-t_range, t_range] m per axis
+    rotation: str = "quaternion"
+    aux_loss: bool = True                     # return every decoder layer's predictions (deep supervision)
+
+    @classmethod
+    def reference(cls) -> "ModelConfig":
+        """The plain DESIGN.md §3 shape.  The defaults already are that shape; kept so callers can say so."""
+        return cls()
+
+    def check(self) -> None:
+        n = len(self.sa_centres)
+        if not (n == len(self.sa_k) == len(self.sa_mlps)) or n == 0:
+            raise InputError("ModelConfig: sa_centres, sa_k and sa_mlps need the same (non-zero) length")
+        if self.d_model % self.n_heads:
+            raise InputError(f"ModelConfig: d_model={self.d_model} is not divisible by n_heads={self.n_heads}")
+        if self.rotation != "quaternion":
+            raise InputError(f"ModelConfig.rotation: only 'quaternion' is implemented, got {self.rotation!r}")
+        if not self.t_range > 0:
+            raise InputError(f"ModelConfig.t_range must be > 0, got {self.t_range}")
+        if min(self.sa_k) < 1 or min(self.sa_centres) < 1 or self.n_queries < 1 or self.n_layers < 1:
+            raise InputError("ModelConfig: sizes must be positive")
+
+
+# --------------------------------------------------------------------------------------------- sampling / grouping
+def _fps_torch(xyz: torch.Tensor, n: int) -> torch.Tensor:
+    """(P, 3) → (n,) long.  Plain FPS from index 0 (used off-CPU, and as a reference in tests)."""
+    P = xyz.shape[0]
+    idx = torch.zeros(n, dtype=torch.long, device=xyz.device)
+    dist = torch.full((P,), float("inf"), dtype=xyz.dtype, device=xyz.device)
+    last = 0
+    for i in range(1, n):
+        dist = torch.minimum(dist, ((xyz - xyz[last]) ** 2).sum(-1))
+        last = int(torch.argmax(dist))
+        idx[i] = last
+    return idx
+
+
+def farthest_point_sample(xyz: torch.Tensor, n: int) -> torch.Tensor:
+    """(P, 3) → (n,) long indices into xyz, starting at index 0; all points (in order) when n >= P."""
+    P = xyz.shape[0]
+    if n >= P:
+        return torch.arange(P, device=xyz.device)
+    if xyz.device.type == "cpu":
+        import fpsample  # native code: ~50x faster than a Python loop
+        pts = np.ascontiguousarray(xyz.detach().numpy(), dtype=np.float32)
+        return torch.from_numpy(fpsample.fps_sampling(pts, n, start_idx=0).astype(np.int64))
+    return _fps_torch(xyz.detach(), n)
+
+
+@torch.no_grad()
+def _sample_and_group(xyz: torch.Tensor, n_centres: int, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """xyz (B, P, 3) → centre indices (B, S), neighbour indices (B, S, k) with S = min(n_centres, P), k <= P.
+
+    One object at a time: FPS is per object anyway, and it bounds the (S, P) distance matrix to one object.
+    """
+    B, P, _ = xyz.shape
+    S, k = min(n_centres, P), min(k, P)
+    centres, neighbours = [], []
+    for b in range(B):
+        c = farthest_point_sample(xyz[b], S).to(xyz.device)
+        d = torch.cdist(xyz[b, c], xyz[b])                      # (S, P)
+        neighbours.append(d.topk(k, dim=-1, largest=False).indices)
+        centres.append(c)
+    return torch.stack(centres), torch.stack(neighbours)
+
+
+def _gather(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """x (B, P, C), idx (B, *S) → (B, *S, C)."""
+    B = x.shape[0]
+    flat = idx.reshape(B, -1)
+    out = torch.gather(x, 1, flat[..., None].expand(-1, -1, x.shape[-1]))
+    return out.reshape(*idx.shape, x.shape[-1])
+
+
+class SetAbstraction(nn.Module):
+    """One PointNet++ level with kNN grouping: (B, P, 3), (B, P, C) → (B, S, 3), (B, S, C_out)."""
+
+    def __init__(self, n_centres: int, k: int, c_in: int, widths: list[int]):
+        super().__init__()
+        self.n_centres, self.k = n_centres, k
+        layers, c = [], c_in + 3
+        for w in widths:
+            layers += [nn.Conv2d(c, w, 1, bias=False), nn.BatchNorm2d(w), nn.ReLU(inplace=True)]
+            c = w
+        self.mlp = nn.Sequential(*layers)
+
+    def forward(self, xyz: torch.Tensor, feats: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        centre_idx, nbr_idx = _sample_and_group(xyz, self.n_centres, self.k)
+        centres = _gather(xyz, centre_idx)                                   # (B, S, 3)
+        grouped = _gather(xyz, nbr_idx) - centres[:, :, None]               # (B, S, k, 3) relative xyz
+        if feats is not None:
+            grouped = torch.cat([grouped, _gather(feats, nbr_idx)], -1)     # (B, S, k, 3 + C)
+        h = self.mlp(grouped.permute(0, 3, 1, 2))                           # (B, C_out, S, k)
+        return centres, h.amax(-1).transpose(1, 2)                          # max-pool over neighbours
+
+
+def _mlp(c_in: int, hidden: list[int], c_out: int, norm_out: bool) -> nn.Sequential:
+    """Linear → LayerNorm → ReLU blocks, then a Linear (with LayerNorm+ReLU too when norm_out)."""
+    layers, c = [], c_in
+    for w in hidden:
+        layers += [nn.Linear(c, w), nn.LayerNorm(w), nn.ReLU(inplace=True)]
+        c = w
+    layers.append(nn.Linear(c, c_out))
+    if norm_out:
+        layers += [nn.LayerNorm(c_out), nn.ReLU(inplace=True)]
+    return nn.Sequential(*layers)
+
+
+# ----------------------------------------------------------------------------------------------------- decoder
+class DecoderLayer(nn.Module):
+    """Transformer decoder layer; pre-norm by default (x + f(norm(x))), post-norm (norm(x + f(x))) optional."""
+
+    def __init__(self, d: int, heads: int, ffn: int, dropout: float, pre_norm: bool):
+        super().__init__()
+        self.self_attn = nn.MultiheadAttention(d, heads, dropout=dropout, batch_first=True)
+        self.cross_attn = nn.MultiheadAttention(d, heads, dropout=dropout, batch_first=True)
+        self.ffn = nn.Sequential(nn.Linear(d, ffn), nn.ReLU(inplace=True), nn.Dropout(dropout), nn.Linear(ffn, d))
+        self.norms = nn.ModuleList(nn.LayerNorm(d) for _ in range(3))
+        self.drops = nn.ModuleList(nn.Dropout(dropout) for _ in range(3))
+        self.pre_norm = pre_norm
+
+    def forward(self, x, query_pos, memory, memory_pos):
+        """x, query_pos (B, Q, d); memory, memory_pos (B, T, d) → (B, Q, d)."""
+        def sub(i, x, f):
+            if self.pre_norm:
+                return x + self.drops[i](f(self.norms[i](x)))
+            return self.norms[i](x + self.drops[i](f(x)))
+
+        # position embeddings go into queries/keys only, never into values (DETR)
+        x = sub(0, x, lambda h: self.self_attn(h + query_pos, h + query_pos, h, need_weights=False)[0])
+        x = sub(1, x, lambda h: self.cross_attn(h + query_pos, memory + memory_pos, memory, need_weights=False)[0])
+        return sub(2, x, self.ffn)
+
+
+# ------------------------------------------------------------------------------------------------------- model
+class DGTR(nn.Module):
+    """points (B, N, 3) in the object frame, metres → Q grasps per object (see ``forward``)."""
+
+    def __init__(self, cfg: ModelConfig, joint_lower: torch.Tensor, joint_upper: torch.Tensor):
+        super().__init__()
+        cfg.check()
+        self.cfg = cfg
+        lower = torch.as_tensor(joint_lower, dtype=torch.float32).flatten()
+        upper = torch.as_tensor(joint_upper, dtype=torch.float32).flatten()
+        if lower.shape != upper.shape or not bool((upper > lower).all()):
+            raise InputError("joint_lower/joint_upper: need equal shapes and upper > lower for every joint")
+        self.register_buffer("joint_lower", lower)
+        self.register_buffer("joint_upper", upper)
+        J, d = lower.numel(), cfg.d_model
+
+        sa, c = [], 0
+        for s, k, widths in zip(cfg.sa_centres, cfg.sa_k, cfg.sa_mlps):
+            sa.append(SetAbstraction(s, k, c, list(widths)))
+            c = widths[-1]
+        self.encoder = nn.ModuleList(sa)
+        self.proj = _mlp(c, list(cfg.proj_hidden), d, norm_out=True)
+        self.pos_embed = _mlp(3, list(cfg.pos_hidden), d, norm_out=False)
+        self.query_pos = nn.Embedding(cfg.n_queries, d)
+        self.layers = nn.ModuleList(DecoderLayer(d, cfg.n_heads, cfg.ffn_dim, cfg.dropout, cfg.pre_norm)
+                                    for _ in range(cfg.n_layers))
+        self.out_norm = nn.LayerNorm(d) if cfg.pre_norm else nn.Identity()
+        head = lambda n: nn.Sequential(nn.Linear(d, cfg.head_hidden), nn.ReLU(inplace=True), nn.Linear(cfg.head_hidden, n))
+        self.joint_head, self.trans_head, self.rot_head = head(J), head(3), head(4)
+
+    @property
+    def n_joints(self) -> int:
+        return self.joint_lower.numel()
+
+    def _check(self, points) -> torch.Tensor:
+        if not isinstance(points, torch.Tensor):
+            raise InputError(f"points: expected a torch.Tensor (B, N, 3), got {type(points).__name__}")
+        if points.ndim != 3 or points.shape[-1] != 3:
+            raise InputError(f"points: expected shape (B, N, 3), got {tuple(points.shape)}")
+        if not points.is_floating_point():
+            raise InputError(f"points: expected a floating-point tensor, got {points.dtype}")
+        if points.shape[0] < 1 or points.shape[1] < MIN_POINTS:
+            raise InputError(f"points: need B >= 1 objects of N >= {MIN_POINTS} points, got {tuple(points.shape)}")
+        if not bool(torch.isfinite(points).all()):
+            raise InputError("points: contains NaN or infinite values")
+        return points.to(self.joint_lower.dtype)
+
+    def heads(self, h: torch.Tensor) -> dict:
+        """Decoder features (..., Q, d) → prediction dict (see ``forward``)."""
+        j = torch.sigmoid(self.joint_head(h))
+        t = torch.sigmoid(self.trans_head(h))
+        q = F.normalize(self.rot_head(h), dim=-1, eps=1e-8)
+        return {
+            "joints_norm": j,
+            "joints": self.joint_lower + j * (self.joint_upper - self.joint_lower),
+            "translation_norm": t,
+            "translation": (2 * t - 1) * self.cfg.t_range,
+            "quaternion": q,
+            "rotation": matrix_from_quaternion(q),
+        }
+
+    def forward(self, points: torch.Tensor) -> dict:
+        """points (B, N ≥ 64, 3) → dict of the final decoder layer's predictions:
+
+        'rotation' (B,Q,3,3), 'quaternion' (B,Q,4) unit wxyz, 'translation' (B,Q,3) m, 'joints' (B,Q,J) rad,
+        'translation_norm' (B,Q,3) and 'joints_norm' (B,Q,J) in [0,1], 'aux': list (L-1) of the same dicts for
+        the earlier layers in order (empty when cfg.aux_loss is False).
+        """
+        xyz = self._check(points)
+        feats = None
+        for sa in self.encoder:
+            xyz, feats = sa(xyz, feats)                       # → (B, T, 3), (B, T, C)
+        memory, memory_pos = self.proj(feats), self.pos_embed(xyz)
+        B = xyz.shape[0]
+        query_pos = self.query_pos.weight.expand(B, -1, -1)    # (B, Q, d)
+        x = torch.zeros_like(query_pos)                        # content starts at zero (DETR)
+        hs = []
+        for layer in self.layers:
+            x = layer(x, query_pos, memory, memory_pos)
+            hs.append(x)
+        if not self.cfg.aux_loss:
+            hs = hs[-1:]
+        preds = self.heads(self.out_norm(torch.stack(hs)))     # every value (L', B, Q, ...)
+        out = {k: v[-1] for k, v in preds.items()}
+        out["aux"] = [{k: v[i] for k, v in preds.items()} for i in range(len(hs) - 1)]
+        return out
+
+
+def build_model(cfg: ModelConfig, joint_lower: torch.Tensor, joint_upper: torch.Tensor) -> DGTR:
+    """DGTR for a hand with joint limits ``joint_lower``/``joint_upper`` (J,) in radians."""
+    return DGTR(cfg, joint_lower, joint_upper)
