@@ -193,3 +193,88 @@ def read_dgtr_h5(path: str | os.PathLike) -> list[tuple[np.ndarray, GraspSet]]:
                          torch.full((m,), float(np.asarray(ds.attrs["scale"]).reshape(-1)[0]), dtype=torch.float64), code)
             out.append((np.asarray(ds[()], dtype=np.float32), g))
     return out
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Training data: (object, scale) entries of a DexGraspNet-layout folder
+# --------------------------------------------------------------------------------------------------------------------
+
+def read_splits(root: str | os.PathLike) -> dict[str, list[str]]:
+    """``<root>/splits.json`` -> {'train': [...], 'val': [...], 'test': [...]}; without the file every code is 'train'."""
+    import json
+
+    root = Path(root)
+    f = root / "splits.json"
+    if not f.is_file():
+        return {"train": sorted(list_grasp_files(root / "dataset")), "val": [], "test": []}
+    try:
+        splits = json.loads(f.read_text())
+    except json.JSONDecodeError as e:
+        raise FileFormatError(f"{f}: not valid JSON ({e})") from None
+    if not isinstance(splits, dict) or not all(isinstance(v, list) for v in splits.values()):
+        raise FileFormatError(f"{f}: expected {{split: [codes]}}")
+    return splits
+
+
+def mesh_path(meshdata: str | os.PathLike, code: str) -> Path:
+    """Mesh file of ``code`` in a DexGraspNet ``meshdata/`` folder or a folder of ``<code>.<ext>`` meshes."""
+    d = Path(meshdata)
+    p = d / code / "coacd" / "decomposed.obj"
+    if p.is_file():
+        return p
+    for ext in ("obj", "stl", "ply", "off", "glb"):
+        if (d / f"{code}.{ext}").is_file():
+            return d / f"{code}.{ext}"
+    raise MissingFileError(f"no mesh for object {code!r} in {d} (expected {code}/coacd/decomposed.obj or {code}.<ext>)")
+
+
+class GraspDataset(torch.utils.data.Dataset):
+    """Entries = (object, scale) pairs of one split of a DexGraspNet-layout folder ``root`` (``dataset/``, ``meshdata/``,
+    optional ``splits.json``).
+
+    Item: ``{'code', 'scale', 'index', 'points' (n_points, 3) float32 = unit cloud × scale,
+    'rotation' (M,3,3), 'translation' (M,3), 'joints' (M,22)}`` (float32, metres, object frame).
+    Entries with fewer than ``min_grasps`` grasps are skipped.  Unit clouds are sampled once per object (fixed seed).
+    """
+
+    def __init__(self, root, split: str = "train", n_points: int = 4096, min_grasps: int = 1, seed: int = 0,
+                 codes: list[str] | None = None):
+        from .objects import load_object
+
+        self.root = Path(root)
+        splits = read_splits(self.root)
+        if codes is None:
+            if split not in splits:
+                raise InputError(f"split {split!r} not in {self.root / 'splits.json'} (has {sorted(splits)})")
+            codes = splits[split]
+        files = list_grasp_files(self.root / "dataset")
+        missing = [c for c in codes if c not in files]
+        if missing:
+            raise MissingFileError(f"{self.root / 'dataset'}: no grasp file for {missing[:3]}")
+        self.entries: list[tuple[str, float, GraspSet]] = []
+        self.clouds: dict[str, np.ndarray] = {}
+        for code in codes:
+            g = load_grasps(files[code])
+            before = len(self.entries)
+            for s in g.scales():
+                gs = g.at_scale(s)
+                if len(gs) >= min_grasps:
+                    self.entries.append((code, s, gs))
+            if len(self.entries) > before:
+                obj = load_object(mesh_path(self.root / "meshdata", code), code=code)
+                self.clouds[code] = obj.sample_points(n_points, seed=seed).astype(np.float32)
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def __getitem__(self, i: int) -> dict:
+        code, s, g = self.entries[i]
+        return {"code": code, "scale": s, "index": i, "points": torch.from_numpy(self.clouds[code] * np.float32(s)),
+                "rotation": g.rotation.float(), "translation": g.translation.float(), "joints": g.joints.float()}
+
+
+def collate(batch: list[dict]) -> dict:
+    """Stack clouds to (B, N, 3); keep per-object grasp tensors (variable M) as lists."""
+    out = {k: [b[k] for b in batch] for k in batch[0]}
+    out["points"] = torch.stack(out["points"])
+    return out
