@@ -1,0 +1,243 @@
+"""Grasp quality and diversity metrics of DGTR (paper §4.1, DESIGN.md §5).
+
+Quality (per grasp):
+- ``penetration_depth``: max depth (m) of object surface points inside the hand (hand SDF, positive inside).
+  Pen. = its mean in cm; η_np = share of grasps with depth < 0.5 cm.
+- ``q1``: Ferrari–Canny Q1 of one contact per hand link (DexGraspNet protocol); η_tb = share with raw Q1 > 0; the
+  reported "Q1" is ``gated_q1`` (zeroed where the depth is ≥ 0.5 cm).
+
+Diversity (per group of grasps of one object and scale): ``diversity`` gives δt, δr, δq as fractions of ξ = 16 bins
+occupied; a single grasp occupies 1/16 = 6.25 % of each.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from scipy.spatial import ConvexHull, QhullError
+
+from .rotations import euler_from_matrix, matrix_from_quaternion
+
+__all__ = [
+    "PEN_THRESHOLD", "CONTACT_THRESHOLD", "friction_cone_wrenches", "q1_from_contacts", "primitive_surface_points",
+    "link_contacts", "q1", "penetration_depth", "gated_q1", "fibonacci_sphere", "occupancy", "diversity",
+]
+
+PEN_THRESHOLD = 0.005      # m: a grasp penetrating this deep gets Q1 = 0 and is not "non-penetrating"
+CONTACT_THRESHOLD = 0.01   # m: a link counts as touching if its deepest point is inside or within 1 cm
+MU = 1.0                   # friction coefficient of the Q1 friction cones
+N_EDGES = 8                # edges of each linearised friction cone
+TORQUE_SCALE = 10.0        # wrench = [f; 10 (c x f)]: objects are ~0.1 m, so torques get the scale of forces
+N_BINS = 16                # ξ of the diversity metrics
+_TINY_PRIMITIVE = 0.002    # m: DexGraspNet ignores the two 1 mm boxes (thbase, thhub)
+
+
+# ------------------------------------------------------------------------------------------------------------ Q1
+def friction_cone_wrenches(contacts: np.ndarray, normals: np.ndarray, mu: float = MU, n_edges: int = N_EDGES,
+                           torque_scale: float = TORQUE_SCALE) -> np.ndarray:
+    """Primitive wrenches of linearised friction cones.
+
+    contacts (K, 3) object-frame points (m); normals (K, 3) outward unit object normals.
+    Returns (K * n_edges, 6) rows ``[f; torque_scale * (c x f)]`` with ``f = -n + mu (cos φ u + sin φ v)``: unit
+    normal force pushing into the object plus the friction that the cone allows (the classic Ferrari–Canny set).
+    """
+    c = np.asarray(contacts, dtype=np.float64).reshape(-1, 3)
+    n = np.asarray(normals, dtype=np.float64).reshape(-1, 3)
+    n = n / np.linalg.norm(n, axis=1, keepdims=True).clip(1e-12)
+    # tangent basis: cross with the world axis least aligned with n
+    helper = np.eye(3)[np.argmin(np.abs(n), axis=1)]
+    u = np.cross(n, helper)
+    u /= np.linalg.norm(u, axis=1, keepdims=True)
+    v = np.cross(n, u)
+    phi = 2 * np.pi * np.arange(n_edges) / n_edges
+    f = -n[:, None] + mu * (np.cos(phi)[None, :, None] * u[:, None] + np.sin(phi)[None, :, None] * v[:, None])
+    tau = torque_scale * np.cross(np.broadcast_to(c[:, None], f.shape), f)
+    return np.concatenate([f, tau], -1).reshape(-1, 6)
+
+
+def q1_from_contacts(contacts: np.ndarray, normals: np.ndarray, mu: float = MU, n_edges: int = N_EDGES,
+                     torque_scale: float = TORQUE_SCALE) -> float:
+    """Q1 of point contacts (K, 3) with outward normals (K, 3): distance from the wrench-space origin to the nearest
+    facet of the convex hull of the cone wrenches plus the zero wrench, capped at 1.
+
+    0 when the grasp is not force-closed (origin on the hull boundary: the zero wrench is a hull point, so this is
+    the only other case) or when Qhull fails (too few contacts make a flat, degenerate hull).
+    """
+    if len(np.asarray(contacts).reshape(-1, 3)) == 0:
+        return 0.0
+    w = np.vstack([friction_cone_wrenches(contacts, normals, mu, n_edges, torque_scale), np.zeros((1, 6))])
+    try:
+        hull = ConvexHull(w)
+    except (QhullError, ValueError):
+        return 0.0
+    # equations: a·x + b <= 0 inside, |a| = 1, so the origin's distance to each facet plane is -b
+    dist = -hull.equations[:, -1]
+    q = float(dist.min())
+    return min(q, 1.0) if q > 1e-9 else 0.0
+
+
+def _box_surface(half: np.ndarray, spacing: float) -> np.ndarray:
+    """Grid points on the 6 faces of a box with half extents (3,), in its frame: (P, 3)."""
+    pts = []
+    for ax in range(3):
+        a, b = [i for i in range(3) if i != ax]
+        ga = np.linspace(-half[a], half[a], max(2, int(np.ceil(2 * half[a] / spacing)) + 1))
+        gb = np.linspace(-half[b], half[b], max(2, int(np.ceil(2 * half[b] / spacing)) + 1))
+        A, B = np.meshgrid(ga, gb, indexing="ij")
+        for sign in (-1, 1):
+            p = np.zeros((A.size, 3))
+            p[:, a], p[:, b], p[:, ax] = A.ravel(), B.ravel(), sign * half[ax]
+            pts.append(p)
+    return np.unique(np.concatenate(pts).round(9), axis=0)
+
+
+def _capsule_surface(radius: float, half_length: float, spacing: float) -> np.ndarray:
+    """Points on a capsule whose axis runs along z from -half_length to +half_length (MuJoCo), in its frame: (P, 3)."""
+    n_ang = max(8, int(np.ceil(2 * np.pi * radius / spacing)))
+    ang = 2 * np.pi * np.arange(n_ang) / n_ang
+    ring = np.stack([np.cos(ang), np.sin(ang)], 1) * radius
+    zs = np.linspace(-half_length, half_length, max(2, int(np.ceil(2 * half_length / spacing)) + 1))
+    side = np.concatenate([np.column_stack([ring, np.full(n_ang, z)]) for z in zs])
+    # hemispherical caps: rings of latitude, plus the poles
+    lats = np.linspace(0, np.pi / 2, max(2, int(np.ceil(np.pi / 2 * radius / spacing)) + 1))[1:]
+    caps = [np.array([[0, 0, -half_length - radius], [0, 0, half_length + radius]])]
+    for lat in lats[:-1]:
+        r, dz = radius * np.cos(lat), radius * np.sin(lat)
+        caps += [np.column_stack([ring / radius * r, np.full(n_ang, -half_length - dz)]),
+                 np.column_stack([ring / radius * r, np.full(n_ang, half_length + dz)])]
+    return np.concatenate([side] + caps)
+
+
+def primitive_surface_points(hand, spacing: float = 0.0025) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+    """Surface samples of the hand's collision primitives, grouped by link (cached on the hand object).
+
+    Returns points (P, 3) in their link's frame, ``slot`` (P,) long index into ``links`` and ``links``: the link
+    indices (into ``hand.tree``) that carry a primitive, in first-seen order. The 1 mm boxes are skipped.
+    """
+    key = ("_metrics_surface", spacing)
+    cache = hand.__dict__.setdefault("_dgtr_cache", {})
+    if key in cache:
+        return cache[key]
+    pts, slots, links = [], [], []
+    for prim in hand.primitives:
+        size = np.asarray(prim.size, dtype=np.float64).ravel()
+        if prim.kind == "box":
+            if size.max() < _TINY_PRIMITIVE:
+                continue
+            p = _box_surface(size, spacing)
+        elif prim.kind == "capsule":
+            p = _capsule_surface(float(size[0]), float(size[1]), spacing)
+        else:
+            raise ValueError(f"unknown primitive kind {prim.kind!r}")
+        rot = matrix_from_quaternion(torch.as_tensor(np.asarray(prim.quat, dtype=np.float64))).numpy()
+        p = p @ rot.T + np.asarray(prim.pos, dtype=np.float64)
+        li = hand.link_names.index(prim.link) if isinstance(prim.link, str) else int(prim.link)
+        if li not in links:
+            links.append(li)
+        pts.append(p)
+        slots.append(np.full(len(p), links.index(li)))
+    out = (torch.as_tensor(np.concatenate(pts)), torch.as_tensor(np.concatenate(slots)), links)
+    cache[key] = out
+    return out
+
+
+def _hand_points(hand, rot, t, q, pts_link, slot, links) -> torch.Tensor:
+    """Primitive samples (P, 3) of their links -> object frame (B, P, 3)."""
+    T = hand.link_transforms(rot, t, q)[:, links].to(pts_link.dtype)  # (B, L', 4, 4)
+    Ti = T[:, slot]                                                     # (B, P, 4, 4)
+    return (Ti[..., :3, :3] @ pts_link[None, :, :, None]).squeeze(-1) + Ti[..., :3, 3]
+
+
+def link_contacts(hand, obj, rot: torch.Tensor, t: torch.Tensor, q: torch.Tensor,
+                  threshold: float = CONTACT_THRESHOLD, spacing: float = 0.0025) -> list[tuple[np.ndarray, np.ndarray]]:
+    """One contact per hand link (DexGraspNet Q1 protocol).
+
+    For each link the primitive sample with the smallest object signed distance is its deepest point; the link
+    touches if that distance is < ``threshold`` (inside or within 1 cm). The contact is the object surface point
+    closest to it, with its outward normal. rot (B,3,3), t (B,3), q (B,22) -> per grasp (contacts (K,3), normals (K,3)).
+    """
+    pts_link, slot, links = primitive_surface_points(hand, spacing)
+    dtype = torch.float64
+    with torch.no_grad():
+        x = _hand_points(hand, rot.to(dtype), t.to(dtype), q.to(dtype), pts_link, slot, links)  # (B, P, 3)
+        d, _ = obj.signed_distance(x)
+        d = d.to(dtype)
+        B, L = x.shape[0], len(links)
+        dmin = torch.empty(B, L, dtype=dtype)
+        deepest = torch.empty(B, L, 3, dtype=dtype)
+        for l in range(L):
+            m = slot == l
+            dl, i = d[:, m].min(1)
+            dmin[:, l], deepest[:, l] = dl, x[:, m][torch.arange(B), i]
+        closest, normals = obj.closest_points(deepest)
+    out = []
+    for b in range(B):
+        ok = (dmin[b] < threshold).numpy()
+        out.append((closest[b].double().numpy()[ok], normals[b].double().numpy()[ok]))
+    return out
+
+
+def q1(hand, obj, rot: torch.Tensor, t: torch.Tensor, q: torch.Tensor, **kw) -> np.ndarray:
+    """Raw Q1 (B,) of grasps rot (B,3,3), t (B,3), q (B,22) on ``obj`` (an ObjectModel at the grasps' scale)."""
+    return np.array([q1_from_contacts(c, n) for c, n in link_contacts(hand, obj, rot, t, q, **kw)])
+
+
+def penetration_depth(hand, obj_points: torch.Tensor, rot: torch.Tensor, t: torch.Tensor, q: torch.Tensor,
+                      chunk: int = 64) -> np.ndarray:
+    """Max depth (m, >= 0) of object surface points (P, 3) inside the hand for each grasp: (B,)."""
+    pts = torch.as_tensor(obj_points)
+    out = []
+    with torch.no_grad():
+        for s in range(0, rot.shape[0], chunk):
+            r, tt, qq = rot[s:s + chunk], t[s:s + chunk], q[s:s + chunk]
+            p = pts.to(r.dtype)[None].expand(r.shape[0], -1, -1)
+            out.append(hand.signed_distance(r, tt, qq, p).amax(1).clamp_min(0).double())
+    return torch.cat(out).numpy()
+
+
+def gated_q1(q1_raw: np.ndarray, depth: np.ndarray, threshold: float = PEN_THRESHOLD) -> np.ndarray:
+    """The paper's reported Q1: raw Q1 zeroed where the penetration depth is >= 0.5 cm."""
+    return np.where(np.asarray(depth) < threshold, q1_raw, 0.0)
+
+
+# ----------------------------------------------------------------------------------------------------- diversity
+def fibonacci_sphere(n: int = N_BINS) -> np.ndarray:
+    """(n, 3) near-uniform unit directions (golden-angle spiral)."""
+    i = np.arange(n) + 0.5
+    z = 1 - 2 * i / n
+    r = np.sqrt(1 - z * z)
+    phi = np.pi * (3 - np.sqrt(5)) * i
+    return np.column_stack([r * np.cos(phi), r * np.sin(phi), z])
+
+
+def occupancy(values: np.ndarray, low, high, n_bins: int = N_BINS) -> np.ndarray:
+    """Share of ``n_bins`` uniform bins over [low, high] hit by values (M, D), per column: (D,).
+
+    Values outside the range count in the edge bins (real grasps exceed joint limits slightly).
+    """
+    v = np.asarray(values, dtype=np.float64)
+    low, high = np.broadcast_to(low, v.shape[1:]), np.broadcast_to(high, v.shape[1:])
+    b = np.floor((v - low) / (high - low) * n_bins).astype(int).clip(0, n_bins - 1)  # (M, D)
+    return np.array([len(np.unique(b[:, j])) for j in range(v.shape[1])]) / n_bins
+
+
+def diversity(rot, t, q, joint_lower, joint_upper, n_bins: int = N_BINS) -> dict[str, float]:
+    """δt, δr, δq (fractions in [1/n_bins, 1]) of one group of grasps (one object and scale).
+
+    rot (M,3,3), t (M,3), q (M,22); joint limits (22,).
+    δt: share of ``n_bins`` Fibonacci directions that are the nearest (max cosine) of some grasp's translation.
+    δr: share of ``n_bins`` bins of each sxyz Euler angle over its range (x, z in [-π, π], y in [-π/2, π/2]),
+    averaged over the 3 angles. δq: share of ``n_bins`` bins over each joint's limits, averaged over the 22 joints.
+    """
+    rot, t, q = (torch.as_tensor(np.asarray(x), dtype=torch.float64) for x in (rot, t, q))
+    if rot.shape[0] == 0:
+        raise ValueError("diversity: empty group")
+    dirs = fibonacci_sphere(n_bins)
+    tn = t.numpy() / np.linalg.norm(t.numpy(), axis=1, keepdims=True).clip(1e-12)
+    dt = len(np.unique((tn @ dirs.T).argmax(1))) / n_bins
+    e = euler_from_matrix(rot).numpy()
+    dr = occupancy(e, [-np.pi, -np.pi / 2, -np.pi], [np.pi, np.pi / 2, np.pi], n_bins).mean()
+    dq = occupancy(q.numpy(), np.asarray(joint_lower, dtype=np.float64), np.asarray(joint_upper, dtype=np.float64),
+                   n_bins).mean()
+    return {"delta_t": float(dt), "delta_r": float(dr), "delta_q": float(dq)}

@@ -1,0 +1,107 @@
+import numpy as np
+import pytest
+import torch
+
+from dgtr.metrics import (diversity, fibonacci_sphere, friction_cone_wrenches, gated_q1, occupancy,
+                          q1_from_contacts)
+from dgtr.rotations import matrix_from_euler
+
+LOWER, UPPER = np.zeros(22), np.ones(22)
+
+
+def _cube_faces(a=0.1):
+    """Contacts at the 6 face centres of a cube of half size a, outward normals."""
+    n = np.concatenate([np.eye(3), -np.eye(3)])
+    return a * n, n
+
+
+def test_cone_edges_push_into_object_with_unit_normal_force():
+    w = friction_cone_wrenches(np.array([[0.1, 0, 0]]), np.array([[1.0, 0, 0]]), mu=0.5, n_edges=8)
+    assert w.shape == (8, 6)
+    np.testing.assert_allclose(w[:, 0], -1)                       # normal part pushes along -n
+    np.testing.assert_allclose(np.linalg.norm(w[:, 1:3], axis=1), 0.5)  # tangential part = mu
+    np.testing.assert_allclose(w[:, 3:], 10 * np.cross([0.1, 0, 0], w[:, :3]))
+
+
+def test_q1_hand_derived_cube():
+    # With 4 cone edges along the axes, mu = 1 and 10·a = 1, the cone wrenches of the six face contacts are the
+    # vertices of three cubes {±1}^3 in the coordinates (f_i, f_j, tau_k), {i, j, k} = {x, y, z}. The hull's support
+    # function is h(u) = max_k(|u_fi| + |u_fj| + |u_tk|), whose minimum over unit u is 1/sqrt(3) (pure torque
+    # u = (0,0,0, 1,1,1)/sqrt(3)): that is Q1.
+    c, n = _cube_faces(0.1)
+    assert q1_from_contacts(c, n, mu=1.0, n_edges=4) == pytest.approx(1 / np.sqrt(3), abs=1e-9)
+    # 8 edges add wrenches: the hull can only grow
+    assert q1_from_contacts(c, n) >= 1 / np.sqrt(3) - 1e-9
+
+
+def test_q1_independent_of_contact_order():
+    rng = np.random.default_rng(0)
+    c = rng.normal(size=(12, 3)) * 0.05
+    n = c / np.linalg.norm(c, axis=1, keepdims=True)
+    q = q1_from_contacts(c, n)
+    assert q > 0
+    for _ in range(3):
+        p = rng.permutation(12)
+        assert q1_from_contacts(c[p], n[p]) == pytest.approx(q, abs=1e-9)
+
+
+def test_q1_pinch_on_a_box():
+    # thumb on the +x face against two fingertips on the -x face of a 4 cm box: force closure
+    c = np.array([[0.02, 0, 0], [-0.02, 0.01, 0], [-0.02, -0.01, 0]])
+    n = np.array([[1.0, 0, 0], [-1, 0, 0], [-1, 0, 0]])
+    assert q1_from_contacts(c, n) > 0.01
+    # two antipodal point contacts cannot resist torque about their common axis: not force-closed
+    assert q1_from_contacts(c[:2] * [1, 0, 0], n[:2]) == 0.0
+    # all normals on one side: the object can escape
+    assert q1_from_contacts(c[1:], n[1:]) == 0.0
+
+
+def test_q1_degenerate_inputs_give_zero():
+    assert q1_from_contacts(np.array([[0.02, 0, 0]]), np.array([[1.0, 0, 0]])) == 0.0  # single contact
+    assert q1_from_contacts(np.zeros((0, 3)), np.zeros((0, 3))) == 0.0
+    c, n = _cube_faces(0.1)
+    assert 0 < q1_from_contacts(c * 100, n) <= 1.0  # capped at 1
+
+
+def test_gated_q1():
+    np.testing.assert_array_equal(gated_q1(np.array([0.2, 0.3, 0.4]), np.array([0.001, 0.005, 0.0049])),
+                                  [0.2, 0.0, 0.4])
+
+
+def test_fibonacci_sphere_is_unit_and_spread():
+    d = fibonacci_sphere(16)
+    np.testing.assert_allclose(np.linalg.norm(d, axis=1), 1)
+    cos = d @ d.T - 2 * np.eye(16)
+    assert cos.max() < 0.8  # no two directions closer than ~37°
+
+
+def _grasps(euler, t, q):
+    return matrix_from_euler(torch.as_tensor(euler, dtype=torch.float64)), np.asarray(t), np.asarray(q)
+
+
+def test_diversity_single_grasp_is_one_bin():
+    rot, t, q = _grasps([[0.3, 0.2, -1.0]], [[0.1, 0.02, 0.0]], np.full((1, 22), 0.4))
+    div = diversity(rot, t, q, LOWER, UPPER)
+    assert div == pytest.approx({"delta_t": 0.0625, "delta_r": 0.0625, "delta_q": 0.0625})
+
+
+def test_diversity_hand_built_spread():
+    # 8 grasps: translations along 8 distinct Fibonacci directions -> δt = 8/16; Euler x in 8 bins, y in 4 bins,
+    # z in 1 bin -> δr = (8 + 4 + 1) / 48; joints 0..10 in 8 bins, the other 11 in 2 bins -> δq = (11·8 + 11·2)/(22·16)
+    k = np.arange(8)
+    centre = lambda lo, hi, b: lo + (b + 0.5) * (hi - lo) / 16  # noqa: E731
+    euler = np.column_stack([centre(-np.pi, np.pi, 2 * k), centre(-np.pi / 2, np.pi / 2, 4 + k // 2),
+                             np.full(8, centre(-np.pi, np.pi, 5))])
+    t = fibonacci_sphere(16)[2 * k] * np.linspace(0.05, 0.2, 8)[:, None]
+    q = np.zeros((8, 22))
+    q[:, :11] = centre(0, 1, 2 * k)[:, None]
+    q[:, 11:] = centre(0, 1, 3 + (k % 2))[:, None]
+    div = diversity(*_grasps(euler, t, q), LOWER, UPPER)
+    assert div["delta_t"] == pytest.approx(0.5)
+    assert div["delta_r"] == pytest.approx(13 / 48)
+    assert div["delta_q"] == pytest.approx((11 * 8 + 11 * 2) / (22 * 16))
+
+
+def test_occupancy_clips_out_of_range_into_edge_bins():
+    v = np.array([[-0.1], [0.0], [1.0], [1.2]])
+    assert occupancy(v, 0.0, 1.0)[0] == pytest.approx(2 / 16)
