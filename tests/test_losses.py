@@ -1,0 +1,256 @@
+import pytest
+import torch
+import torch.nn.functional as F
+
+from dgtr.errors import InputError
+from dgtr.losses import LossConfig, SetCriterion, chamfer, normalise_targets, object_penetration, vanilla_distance
+from dgtr.model import build_model
+from dgtr.rotations import matrix_from_quaternion
+
+from test_model import LOWER, UPPER, cloud, small_cfg
+
+J = 22
+
+
+class FakeHand:
+    """Tiny stand-in with the ShadowHand API: a rigid point cloud whose points shift with the first joints,
+    spheres for the signed distance (positive inside) and three keypoints for self-penetration."""
+
+    def __init__(self):
+        g = torch.Generator().manual_seed(0)
+        self.base = torch.randn(48, 3, generator=g) * 0.02 + torch.tensor([0.0, 0.0, 0.05])
+        self.spheres = torch.tensor([[0.0, 0.0, 0.02], [0.0, 0.0, 0.06], [0.02, 0.0, 0.09]])
+        self.keypoints = torch.tensor([[0.0, 0.0, 0.0], [0.0, 0.0, 0.015], [0.0, 0.01, 0.03]])
+        self.radius = 0.015
+        self.joint_lower, self.joint_upper = LOWER, UPPER
+
+    def _pose(self, rot, t, q, pts):
+        """(K,3,3), (K,3), (K,J), (N,3) → (K,N,3); each point moves with q[:, :3] by its own amount."""
+        w = torch.linspace(0.0, 1.0, pts.shape[0])[None, :, None]
+        local = pts + 0.03 * w * q[:, None, :3]
+        return local @ rot.transpose(-1, -2) + t[:, None]
+
+    def surface_points(self, rot, t, q):
+        return self._pose(rot, t, q, self.base)
+
+    def contact_candidates(self, rot, t, q):
+        return self._pose(rot, t, q, self.base[:12])
+
+    def signed_distance(self, rot, t, q, points):
+        c = self._pose(rot, t, q, self.spheres)
+        return (self.radius - torch.cdist(points, c)).amax(-1)
+
+    def self_penetration(self, rot, t, q):
+        k = self._pose(rot, t, q, self.keypoints)
+        d = torch.cdist(k, k) + torch.eye(3) * 1.0
+        return F.relu(0.02 - d).sum((1, 2))
+
+
+def random_gt(M, seed, near=None):
+    """M ground-truth grasps within limits; with ``near`` (P,3) the palm sits on object points."""
+    g = torch.Generator().manual_seed(seed)
+    quat = F.normalize(torch.randn(M, 4, generator=g), dim=-1)
+    t = (torch.rand(M, 3, generator=g) - 0.5) * 0.3 if near is None else near[torch.randint(len(near), (M,), generator=g)]
+    return {"rotation": matrix_from_quaternion(quat), "translation": t,
+            "joints": LOWER + torch.rand(M, J, generator=g) * (UPPER - LOWER)}
+
+
+def outputs_from_features(model, h):
+    """Model heads on a leaf feature tensor h (B,Q,d): outputs whose per-query gradients we can inspect."""
+    out = model.heads(h)
+    out["aux"] = [model.heads(h * 0.5)]
+    return out
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    # these tests run many tiny ops: one thread avoids the heavy thread contention of a busy 2-core machine
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    return build_model(small_cfg(), LOWER, UPPER).eval()
+
+
+def test_normalise_targets_round_trip_and_errors():
+    gt = random_gt(5, 0)
+    n = normalise_targets(gt, LOWER, UPPER, 0.22)
+    torch.testing.assert_close(matrix_from_quaternion(n["quaternion"]), gt["rotation"], atol=1e-5, rtol=0)
+    torch.testing.assert_close(LOWER + n["joints_norm"] * (UPPER - LOWER), gt["joints"])
+    torch.testing.assert_close(n["translation_norm"] * 0.44 - 0.22, gt["translation"].clamp(-0.22, 0.22))
+    from_q = normalise_targets({"quaternion": -n["quaternion"], "translation": gt["translation"],
+                                "joints": gt["joints"]}, LOWER, UPPER, 0.22)
+    torch.testing.assert_close(from_q["rotation"], gt["rotation"], atol=1e-5, rtol=0)
+    over = dict(gt, joints=gt["joints"] + 0.5)
+    n2 = normalise_targets(over, LOWER, UPPER, 0.22)
+    assert n2["joints_norm"].max() <= 1 and torch.equal(n2["joints"], over["joints"])  # raw values untouched
+    assert normalise_targets(over, LOWER, UPPER, 0.22, clamp=False)["joints_norm"].max() > 1
+    with pytest.raises(InputError, match="joints"):
+        normalise_targets(dict(gt, joints=gt["joints"][:, :5]), LOWER, UPPER, 0.22)
+    with pytest.raises(InputError, match="rotation"):
+        normalise_targets({"translation": gt["translation"], "joints": gt["joints"]}, LOWER, UPPER, 0.22)
+
+
+def test_loss_invariant_to_gt_permutation_and_quaternion_sign(model):
+    crit = SetCriterion(LossConfig(), FakeHand(), t_range=0.22)
+    pts = cloud(2, 512)
+    with torch.no_grad():
+        out = model(pts)
+    gts = [random_gt(5, 1), random_gt(11, 2)]
+    loss, logs, assign = crit(out, gts)
+    perm = torch.randperm(11, generator=torch.Generator().manual_seed(3))
+    gts_p = [gts[0], {k: v[perm] for k, v in gts[1].items()}]
+    loss_p, _, assign_p = crit(out, gts_p)
+    torch.testing.assert_close(loss_p, loss)
+    assert (perm[assign_p[1]] == torch.as_tensor(assign[1])).all()
+    # q ≡ -q: ground truth given as negated quaternions instead of matrices
+    gts_q = [{"quaternion": -normalise_targets(g, LOWER, UPPER, 0.22)["quaternion"], "translation": g["translation"],
+              "joints": g["joints"]} for g in gts]
+    torch.testing.assert_close(crit(out, gts_q)[0], loss, rtol=1e-5, atol=1e-6)
+    out_neg = dict(out, quaternion=-out["quaternion"], aux=[dict(a, quaternion=-a["quaternion"]) for a in out["aux"]])
+    torch.testing.assert_close(crit(out_neg, gts)[0], loss, rtol=1e-5, atol=1e-6)
+    assert logs["matched"] == 5 + 8 and set(logs) >= {"trans", "joints", "rot", "chamfer", "spen", "loss", "loss_aux"}
+    assert "pen" not in logs and "dist" not in logs  # off in DMT
+
+
+def test_unmatched_queries_get_no_gradient_and_static_mode(model):
+    crit = SetCriterion(LossConfig(chamfer=0, spen=0), None, LOWER, UPPER, t_range=0.22)
+    h = torch.randn(2, 8, 64, requires_grad=True)
+    gts = [random_gt(3, 4), random_gt(20, 5)]  # M < Q and M > Q
+    # without deep supervision only the final layer's matched queries get gradient (aux layers match on their own)
+    loss, logs, assign = SetCriterion(LossConfig(chamfer=0, spen=0, aux=False), None, LOWER, UPPER)(
+        outputs_from_features(model, h), gts)
+    loss.backward()
+    assert (assign[0] >= 0).sum() == 3 and (assign[1] >= 0).all()
+    moved = h.grad.abs().sum(-1) > 0
+    assert torch.equal(moved[0], torch.as_tensor(assign[0] >= 0)) and moved[1].all()
+
+    # static mode: the given assignment is used for every layer and handed back unchanged
+    static = [torch.tensor([-1, 2, -1, 0, -1, -1, 1, -1]).numpy(), assign[1]]
+    h.grad = None
+    loss_s, _, assign_s = crit(outputs_from_features(model, h), gts, static_assignment=static, stage="smw")
+    loss_s.backward()
+    assert all((a == b).all() for a, b in zip(assign_s, static))
+    assert torch.equal(h.grad[0].abs().sum(-1) > 0, torch.as_tensor(static[0] >= 0))
+    # reusing the dynamic result as static assignment gives the same final-layer loss
+    no_aux = SetCriterion(LossConfig(chamfer=0, spen=0, aux=False), None, LOWER, UPPER)
+    out = outputs_from_features(model, h.detach())
+    l_dyn, _, a_dyn = no_aux(out, gts)
+    torch.testing.assert_close(no_aux(out, gts, static_assignment=a_dyn, stage="smw")[0], l_dyn)
+
+    with pytest.raises(InputError, match="static_assignment"):
+        crit(out, gts, stage="smw")
+    with pytest.raises(InputError, match="static_assignment"):
+        crit(out, gts, static_assignment=[static[0], static[0][:4]], stage="smw")
+    with pytest.raises(InputError, match="stage"):
+        crit(out, gts, stage="warmup")
+    with pytest.raises(InputError, match="targets"):
+        crit(out, gts[:1])
+
+
+def test_smpt_terms_match_their_definitions(model):
+    hand = FakeHand()
+    crit = SetCriterion(LossConfig(), hand, t_range=0.22)
+    pts = cloud(2, 512)
+    with torch.no_grad():
+        out = model(pts)
+    gts = [random_gt(4, 6, near=pts[0]), random_gt(4, 7, near=pts[1])]
+    static = crit(out, gts)[2]
+    loss, logs, _ = crit(out, gts, static_assignment=static, stage="smpt", points=pts)
+    assert torch.isfinite(loss) and {"pen", "dist"} <= set(logs)
+    # recompute pen and dist of the final layer by brute force
+    pens, dists = [], []
+    for b in range(2):
+        for i in range(8):
+            if static[b][i] < 0:
+                continue
+            pose = (out["rotation"][b, i:i + 1], out["translation"][b, i:i + 1], out["joints"][b, i:i + 1])
+            pens.append(F.relu(hand.signed_distance(*pose, pts[b:b + 1])).sum())
+            d = torch.cdist(hand.contact_candidates(*pose)[0], pts[b]).min(-1).values
+            dists.append(d[d < 0.01].sum())
+    assert abs(logs["pen"] - torch.stack(pens).mean().item()) < 1e-5
+    assert abs(logs["dist"] - torch.stack(dists).mean().item()) < 1e-5
+    # the weights: smpt = dmt-terms + 50 pen + 10 dist on the final layer
+    dmt_terms = sum(LossConfig().weights("dmt")[k] * logs[k] for k in ("trans", "joints", "rot", "chamfer", "spen"))
+    assert abs(logs["loss_final"] - (dmt_terms + 50 * logs["pen"] + 10 * logs["dist"])) < 1e-4 * (1 + logs["loss_final"])
+    with pytest.raises(InputError, match="points"):
+        crit(out, gts, static_assignment=static, stage="smpt")
+
+
+def test_geometric_helpers_against_brute_force():
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(3, 40, 3, generator=g, requires_grad=True)
+    b = torch.randn(3, 25, 3, generator=g)
+    d = torch.cdist(a, b) ** 2
+    ref = d.min(-1).values.sum(-1) + d.min(-2).values.sum(-1)
+    (ga,) = torch.autograd.grad(ref.sum(), a)
+    val = chamfer(a, b)
+    (gv,) = torch.autograd.grad(val.sum(), a)
+    torch.testing.assert_close(val, ref, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(gv, ga, rtol=1e-4, atol=1e-5)
+    # eq. 1: keypoints 5 mm and 20 mm from the only object point, τ = 1 cm → 5 mm
+    kp = torch.tensor([[[0.0, 0, 0.005], [0.0, 0, 0.02]]])
+    torch.testing.assert_close(vanilla_distance(kp, torch.zeros(1, 1, 3), 0.01), torch.tensor([0.005]))
+    torch.testing.assert_close(object_penetration(torch.tensor([[0.002, -0.1, 0.003]])), torch.tensor([0.005]))
+
+
+def test_empty_targets_give_zero_loss_with_graph(model):
+    crit = SetCriterion(LossConfig(), FakeHand())
+    h = torch.randn(1, 8, 64, requires_grad=True)
+    empty = {k: v[:0] for k, v in random_gt(2, 0).items()}
+    loss, logs, assign = crit(outputs_from_features(model, h), [empty])
+    loss.backward()
+    assert loss.item() == 0 and (assign[0] == -1).all() and logs["matched"] == 0
+
+
+def test_tiny_overfit_lowers_regression_loss_tenfold():
+    # one object, three grasps, a ~30 k-parameter model: the regression loss must fall >= 10x well within 200 steps
+    torch.manual_seed(0)
+    cfg = small_cfg(n_points=256, sa_centres=[64, 32, 16], sa_k=[8, 8, 8], sa_mlps=[[16], [32], [32]], proj_hidden=[],
+                    pos_hidden=[16], d_model=32, n_heads=2, ffn_dim=32, head_hidden=32, n_layers=2, n_queries=4,
+                    dropout=0.0)
+    net = build_model(cfg, LOWER, UPPER)
+    crit = SetCriterion(LossConfig(chamfer=0, spen=0), None, LOWER, UPPER, t_range=cfg.t_range)
+    pts = cloud(1, 256)
+    gts = [random_gt(3, 8, near=pts[0] * 1.5)]
+    opt = torch.optim.Adam(net.parameters(), lr=5e-3, foreach=True)
+    first = None
+    for step in range(120):
+        loss, logs, _ = crit(net(pts), gts)
+        first = first if first is not None else logs["loss_final"]
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    net.eval()
+    with torch.no_grad():
+        _, logs, _ = crit(net(pts), gts)
+    assert logs["loss_final"] < first / 10, (first, logs)
+
+
+def test_with_real_hand(model):
+    hand_mod = pytest.importorskip("dgtr.hand")
+    try:
+        hand = hand_mod.get_hand()
+    except Exception as e:  # assets missing on this machine
+        pytest.skip(f"ShadowHand unavailable: {e}")
+    torch.testing.assert_close(hand.joint_lower, LOWER, atol=1e-3, rtol=0)
+    crit = SetCriterion(LossConfig(), hand, t_range=0.22)
+    pts = cloud(1, 512)
+    h = torch.randn(1, 8, 64, requires_grad=True)
+    out = outputs_from_features(model, h)
+    gts = [random_gt(3, 9, near=pts[0])]
+    loss, logs, assign = crit(out, gts, static_assignment=[torch.tensor([0, -1, 1, -1, 2, -1, -1, -1]).numpy()],
+                              stage="smpt", points=pts)
+    loss.backward()
+    assert torch.isfinite(loss) and torch.isfinite(h.grad).all() and h.grad.abs().sum() > 0
+    assert all(logs[k] >= 0 for k in ("chamfer", "spen", "pen", "dist"))
+    # a prediction equal to its ground truth has zero chamfer
+    n = normalise_targets(gts[0], LOWER, UPPER, 0.22)
+    same = {k: n[k][None] for k in ("rotation", "quaternion", "translation", "joints", "joints_norm", "translation_norm")}
+    _, logs, _ = SetCriterion(LossConfig(aux=False), hand)(same, gts)
+    assert logs["chamfer"] < 1e-8 and logs["trans"] < 1e-10 and logs["rot"] < 1e-6
