@@ -104,9 +104,16 @@ def normalise_targets(gt: dict, joint_lower: torch.Tensor, joint_upper: torch.Te
 
 # ------------------------------------------------------------------------------------------- geometric terms
 @torch.no_grad()
-def _nearest(a: torch.Tensor, b: torch.Tensor, chunk: int = 64) -> torch.Tensor:
-    """a (K, N, 3), b (K, M, 3) → (K, N) index of the nearest b point; chunked so K·N·M floats never coexist."""
-    return torch.cat([torch.cdist(a[i:i + chunk], b[i:i + chunk]).argmin(-1) for i in range(0, a.shape[0], chunk)])
+def _nearest(a: torch.Tensor, b: torch.Tensor, max_elems: int = 1 << 24) -> torch.Tensor:
+    """a (K, N, 3), b (K, M, 3) → (K, N) index of the nearest b point.
+
+    Chunked over K so that at most ~max_elems distances (64 MB in float32) exist at once, not K·N·M.
+    """
+    K, N, M = a.shape[0], a.shape[1], b.shape[1]
+    if K == 0 or M == 0:
+        return torch.zeros(K, N, dtype=torch.long, device=a.device)
+    chunk = max(1, max_elems // max(1, N * M))
+    return torch.cat([torch.cdist(a[i:i + chunk], b[i:i + chunk]).argmin(-1) for i in range(0, K, chunk)])
 
 
 def _pick(b: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:

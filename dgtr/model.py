@@ -5,7 +5,7 @@ Shapes: B objects, N input points, Q queries (16), J joints (22), L decoder laye
 Design (DESIGN.md §3; paper §3.2):
 - Encoder: 3 set-abstraction layers.  Each samples centres by farthest point sampling (FPS, start index 0, so the
   encoder is deterministic), groups the k nearest neighbours of each centre (kNN, not ball query), concatenates their
-  xyz relative to the centre with their features, runs a shared MLP (1x1 conv + BatchNorm + ReLU) and max-pools over
+  xyz relative to the centre with their features, runs a shared MLP (Linear + BatchNorm + ReLU) and max-pools over
   the k neighbours.  1024/k32 → 512/k16 → 128/k8 tokens; 512 features projected to d by an MLP.
 - Decoder: DETR-style.  Q learnable query position embeddings; query content starts at zero.  Each pre-norm layer does
   self-attention among queries, cross-attention to the encoder tokens (keys = token feature + MLP(token xyz)), FFN.
@@ -132,20 +132,26 @@ class SetAbstraction(nn.Module):
     def __init__(self, n_centres: int, k: int, c_in: int, widths: list[int]):
         super().__init__()
         self.n_centres, self.k = n_centres, k
-        layers, c = [], c_in + 3
+        # shared point-wise MLP as Linear + BatchNorm1d on channel-last rows (a 1x1 Conv2d takes a slow im2col
+        # path on CPU); no bias before BatchNorm
+        self.linears = nn.ModuleList()
+        self.norms = nn.ModuleList()
+        c = c_in + 3
         for w in widths:
-            layers += [nn.Conv2d(c, w, 1, bias=False), nn.BatchNorm2d(w), nn.ReLU(inplace=True)]
+            self.linears.append(nn.Linear(c, w, bias=False))
+            self.norms.append(nn.BatchNorm1d(w))
             c = w
-        self.mlp = nn.Sequential(*layers)
 
     def forward(self, xyz: torch.Tensor, feats: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         centre_idx, nbr_idx = _sample_and_group(xyz, self.n_centres, self.k)
         centres = _gather(xyz, centre_idx)                                   # (B, S, 3)
-        grouped = _gather(xyz, nbr_idx) - centres[:, :, None]               # (B, S, k, 3) relative xyz
+        h = _gather(xyz, nbr_idx) - centres[:, :, None]                     # (B, S, k, 3) relative xyz
         if feats is not None:
-            grouped = torch.cat([grouped, _gather(feats, nbr_idx)], -1)     # (B, S, k, 3 + C)
-        h = self.mlp(grouped.permute(0, 3, 1, 2))                           # (B, C_out, S, k)
-        return centres, h.amax(-1).transpose(1, 2)                          # max-pool over neighbours
+            h = torch.cat([h, _gather(feats, nbr_idx)], -1)                 # (B, S, k, 3 + C)
+        for lin, bn in zip(self.linears, self.norms):
+            h = lin(h)
+            h = F.relu(bn(h.reshape(-1, h.shape[-1])).reshape(h.shape))
+        return centres, h.amax(2)                                           # max-pool over the k neighbours
 
 
 def _mlp(c_in: int, hidden: list[int], c_out: int, norm_out: bool) -> nn.Sequential:
