@@ -77,15 +77,16 @@ class ModelConfig:
 
 # --------------------------------------------------------------------------------------------- sampling / grouping
 def _fps_torch(xyz: torch.Tensor, n: int) -> torch.Tensor:
-    """(P, 3) → (n,) long.  Plain FPS from index 0 (used off-CPU, and as a reference in tests)."""
-    P = xyz.shape[0]
-    idx = torch.zeros(n, dtype=torch.long, device=xyz.device)
-    dist = torch.full((P,), float("inf"), dtype=xyz.dtype, device=xyz.device)
-    last = 0
+    """(B, P, 3) → (B, n) long.  Plain FPS from index 0 for every object at once; no host synchronisation inside
+    the loop, so it suits a GPU (on CPU the native ``fpsample`` is much faster)."""
+    B, P, _ = xyz.shape
+    idx = torch.zeros(B, n, dtype=torch.long, device=xyz.device)
+    dist = torch.full((B, P), float("inf"), dtype=xyz.dtype, device=xyz.device)
+    rows = torch.arange(B, device=xyz.device)
     for i in range(1, n):
-        dist = torch.minimum(dist, ((xyz - xyz[last]) ** 2).sum(-1))
-        last = int(torch.argmax(dist))
-        idx[i] = last
+        last = xyz[rows, idx[:, i - 1]]                                   # (B, 3)
+        dist = torch.minimum(dist, ((xyz - last[:, None]) ** 2).sum(-1))
+        idx[:, i] = dist.argmax(-1)
     return idx
 
 
@@ -98,21 +99,26 @@ def farthest_point_sample(xyz: torch.Tensor, n: int) -> torch.Tensor:
         import fpsample  # native code: ~50x faster than a Python loop
         pts = np.ascontiguousarray(xyz.detach().numpy(), dtype=np.float32)
         return torch.from_numpy(fpsample.fps_sampling(pts, n, start_idx=0).astype(np.int64))
-    return _fps_torch(xyz.detach(), n)
+    return _fps_torch(xyz.detach()[None], n)[0]
 
 
 @torch.no_grad()
 def _sample_and_group(xyz: torch.Tensor, n_centres: int, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     """xyz (B, P, 3) → centre indices (B, S), neighbour indices (B, S, k) with S = min(n_centres, P), k <= P.
 
-    One object at a time: FPS is per object anyway, and it bounds the (S, P) distance matrix to one object.
+    On CPU one object at a time: FPS is native per object, and it bounds the (S, P) distance matrix to one object.
+    Elsewhere (GPU) the whole batch at once.
     """
     B, P, _ = xyz.shape
     S, k = min(n_centres, P), min(k, P)
+    if xyz.device.type != "cpu":
+        centres = _fps_torch(xyz, S) if S < P else torch.arange(P, device=xyz.device).expand(B, P)
+        d = torch.cdist(_gather(xyz, centres), xyz)                        # (B, S, P)
+        return centres, d.topk(k, dim=-1, largest=False).indices
     centres, neighbours = [], []
     for b in range(B):
-        c = farthest_point_sample(xyz[b], S).to(xyz.device)
-        d = torch.cdist(xyz[b, c], xyz[b])                      # (S, P)
+        c = farthest_point_sample(xyz[b], S)
+        d = torch.cdist(xyz[b, c], xyz[b])                                # (S, P)
         neighbours.append(d.topk(k, dim=-1, largest=False).indices)
         centres.append(c)
     return torch.stack(centres), torch.stack(neighbours)

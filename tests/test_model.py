@@ -138,13 +138,13 @@ def test_few_points_still_work():
 
 
 def test_fps_native_matches_torch_and_starts_at_zero():
-    pts = torch.rand(700, 3)
-    a = farthest_point_sample(pts, 50)
-    b = _fps_torch(pts, 50)
-    assert a[0] == 0 and a.dtype == torch.long
-    assert torch.equal(a, b)
-    assert len(set(a.tolist())) == 50
-    assert torch.equal(farthest_point_sample(pts[:30], 50), torch.arange(30))
+    pts = torch.rand(3, 700, 3)
+    batched = _fps_torch(pts, 50)  # the vectorised GPU path, run here on CPU
+    for b in range(3):
+        a = farthest_point_sample(pts[b], 50)
+        assert a[0] == 0 and a.dtype == torch.long and len(set(a.tolist())) == 50
+        assert torch.equal(a, batched[b])
+    assert torch.equal(farthest_point_sample(pts[0, :30], 50), torch.arange(30))
 
 
 def test_config_yaml_overrides_and_checks():
