@@ -93,7 +93,8 @@ def normalise_targets(gt: dict, joint_lower: torch.Tensor, joint_upper: torch.Te
     if rot is None:
         rot = matrix_from_quaternion(quat)
     if not (rot.shape[0] == quat.shape[0] == t.shape[0] == q.shape[0]):
-        raise InputError("targets: 'rotation'/'quaternion', 'translation' and 'joints' need the same number M of grasps")
+        raise InputError("targets: 'rotation'/'quaternion', 'translation' and 'joints' need the same number M "
+                         "of grasps")
     lo, hi = joint_lower.to(q), joint_upper.to(q)
     qn, tn = (q - lo) / (hi - lo), (t + t_range) / (2 * t_range)
     if clamp:
@@ -104,16 +105,33 @@ def normalise_targets(gt: dict, joint_lower: torch.Tensor, joint_upper: torch.Te
 
 # ------------------------------------------------------------------------------------------- geometric terms
 @torch.no_grad()
-def _nearest(a: torch.Tensor, b: torch.Tensor, max_elems: int = 1 << 24) -> torch.Tensor:
-    """a (K, N, 3), b (K, M, 3) → (K, N) index of the nearest b point.
+def _nearest(a: torch.Tensor, b: torch.Tensor, both: bool = False, method: str | None = None,
+             max_elems: int = 1 << 24):
+    """a (K, N, 3), b (K, M, 3) → (K, N) index of each a point's nearest b point (and, with ``both``, the (K, M)
+    index of each b point's nearest a point).
 
-    Chunked over K so that at most ~max_elems distances (64 MB in float32) exist at once, not K·N·M.
+    Only indices: callers recompute the distances with autograd.  method 'kdtree' (default on CPU): one k-d tree
+    per pair (scipy cKDTree, ~10x faster than brute force for thousands of points); 'brute' (default elsewhere):
+    argmin_j |b_j|² − 2 a_i·b_j from a batched matmul, chunked over K so at most ~max_elems distances coexist.
     """
     K, N, M = a.shape[0], a.shape[1], b.shape[1]
-    if K == 0 or M == 0:
-        return torch.zeros(K, N, dtype=torch.long, device=a.device)
-    chunk = max(1, max_elems // max(1, N * M))
-    return torch.cat([torch.cdist(a[i:i + chunk], b[i:i + chunk]).argmin(-1) for i in range(0, K, chunk)])
+    if K == 0 or M == 0 or N == 0:
+        z = lambda n: torch.zeros(K, n, dtype=torch.long, device=a.device)
+        return (z(N), z(M)) if both else z(N)
+
+    method = method or ("kdtree" if a.device.type == "cpu" else "brute")
+    if method == "kdtree":
+        from scipy.spatial import cKDTree
+        an, bn = a.detach().double().numpy(), b.detach().double().numpy()
+        nn = lambda x, y: torch.from_numpy(np.stack([cKDTree(y[i]).query(x[i])[1] for i in range(K)]).astype(np.int64))
+        return (nn(an, bn), nn(bn, an)) if both else nn(an, bn)
+
+    def brute(x, y):  # (K, n, 3), (K, m, 3) → (K, n)
+        chunk = max(1, max_elems // (x.shape[1] * y.shape[1]))
+        return torch.cat([torch.bmm(x[i:i + chunk], y[i:i + chunk].transpose(1, 2)).mul_(-2)
+                          .add_((y[i:i + chunk] ** 2).sum(-1)[:, None, :]).argmin(-1) for i in range(0, K, chunk)])
+
+    return (brute(a, b), brute(b, a)) if both else brute(a, b)
 
 
 def _pick(b: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
@@ -127,9 +145,8 @@ def chamfer(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     The nearest neighbours are found without autograd and the squared distances recomputed on them: same value and
     gradient as differentiating the min, without storing K·N·M distances.
     """
-    d_ab = ((a - _pick(b, _nearest(a, b))) ** 2).sum(-1).sum(-1)
-    d_ba = ((b - _pick(a, _nearest(b, a))) ** 2).sum(-1).sum(-1)
-    return d_ab + d_ba
+    i_ab, i_ba = _nearest(a, b, both=True)
+    return ((a - _pick(b, i_ab)) ** 2).sum(-1).sum(-1) + ((b - _pick(a, i_ba)) ** 2).sum(-1).sum(-1)
 
 
 def vanilla_distance(keypoints: torch.Tensor, obj_points: torch.Tensor, tau: float) -> torch.Tensor:

@@ -74,7 +74,8 @@ def hungarian_match(pred: dict, gt_list: list[dict], cfg: MatcherConfig | None =
             out.append((torch.zeros(0, dtype=torch.long, device=dev), torch.zeros(0, dtype=torch.long, device=dev)))
             continue
         if not np.isfinite(cost).all():
-            raise InputError(f"hungarian_match: matching cost of object {b} has NaN/inf (non-finite predictions or targets)")
+            raise InputError(f"hungarian_match: matching cost of object {b} has NaN/inf "
+                             "(non-finite predictions or targets)")
         r, c = linear_sum_assignment(cost)
         out.append((torch.as_tensor(r, dtype=torch.long, device=dev), torch.as_tensor(c, dtype=torch.long, device=dev)))
     return out

@@ -225,7 +225,8 @@ class DGTR(nn.Module):
         self.layers = nn.ModuleList(DecoderLayer(d, cfg.n_heads, cfg.ffn_dim, cfg.dropout, cfg.pre_norm)
                                     for _ in range(cfg.n_layers))
         self.out_norm = nn.LayerNorm(d) if cfg.pre_norm else nn.Identity()
-        head = lambda n: nn.Sequential(nn.Linear(d, cfg.head_hidden), nn.ReLU(inplace=True), nn.Linear(cfg.head_hidden, n))
+        hh = cfg.head_hidden
+        head = lambda n: nn.Sequential(nn.Linear(d, hh), nn.ReLU(inplace=True), nn.Linear(hh, n))
         self.joint_head, self.trans_head, self.rot_head = head(J), head(3), head(4)
 
     @property

@@ -3,7 +3,8 @@ import torch
 import torch.nn.functional as F
 
 from dgtr.errors import InputError
-from dgtr.losses import LossConfig, SetCriterion, chamfer, normalise_targets, object_penetration, vanilla_distance
+from dgtr.losses import (LossConfig, SetCriterion, _nearest, chamfer, normalise_targets, object_penetration,
+                         vanilla_distance)
 from dgtr.model import build_model
 from dgtr.rotations import matrix_from_quaternion
 
@@ -50,7 +51,10 @@ def random_gt(M, seed, near=None):
     """M ground-truth grasps within limits; with ``near`` (P,3) the palm sits on object points."""
     g = torch.Generator().manual_seed(seed)
     quat = F.normalize(torch.randn(M, 4, generator=g), dim=-1)
-    t = (torch.rand(M, 3, generator=g) - 0.5) * 0.3 if near is None else near[torch.randint(len(near), (M,), generator=g)]
+    if near is None:
+        t = (torch.rand(M, 3, generator=g) - 0.5) * 0.3
+    else:
+        t = near[torch.randint(len(near), (M,), generator=g)]
     return {"rotation": matrix_from_quaternion(quat), "translation": t,
             "joints": LOWER + torch.rand(M, J, generator=g) * (UPPER - LOWER)}
 
@@ -177,7 +181,8 @@ def test_smpt_terms_match_their_definitions(model):
     assert abs(logs["dist"] - torch.stack(dists).mean().item()) < 1e-5
     # the weights: smpt = dmt-terms + 50 pen + 10 dist on the final layer
     dmt_terms = sum(LossConfig().weights("dmt")[k] * logs[k] for k in ("trans", "joints", "rot", "chamfer", "spen"))
-    assert abs(logs["loss_final"] - (dmt_terms + 50 * logs["pen"] + 10 * logs["dist"])) < 1e-4 * (1 + logs["loss_final"])
+    want = dmt_terms + 50 * logs["pen"] + 10 * logs["dist"]
+    assert abs(logs["loss_final"] - want) < 1e-4 * (1 + want)
     with pytest.raises(InputError, match="points"):
         crit(out, gts, static_assignment=static, stage="smpt")
 
@@ -193,6 +198,13 @@ def test_geometric_helpers_against_brute_force():
     (gv,) = torch.autograd.grad(val.sum(), a)
     torch.testing.assert_close(val, ref, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(gv, ga, rtol=1e-4, atol=1e-5)
+    # the k-d tree (CPU) and matmul (GPU) nearest-neighbour searches agree, also when chunked
+    for x, y in ((a, b), (b, a)):
+        ref_idx = torch.cdist(x, y).argmin(-1)
+        assert torch.equal(_nearest(x, y, method="kdtree"), ref_idx)
+        assert torch.equal(_nearest(x, y, method="brute", max_elems=1000), ref_idx)
+    i_ab, i_ba = _nearest(a, b, both=True, method="brute")
+    assert torch.equal(i_ba, torch.cdist(b, a).argmin(-1))
     # eq. 1: keypoints 5 mm and 20 mm from the only object point, τ = 1 cm → 5 mm
     kp = torch.tensor([[[0.0, 0, 0.005], [0.0, 0, 0.02]]])
     torch.testing.assert_close(vanilla_distance(kp, torch.zeros(1, 1, 3), 0.01), torch.tensor([0.005]))
@@ -251,6 +263,7 @@ def test_with_real_hand(model):
     assert all(logs[k] >= 0 for k in ("chamfer", "spen", "pen", "dist"))
     # a prediction equal to its ground truth has zero chamfer
     n = normalise_targets(gts[0], LOWER, UPPER, 0.22)
-    same = {k: n[k][None] for k in ("rotation", "quaternion", "translation", "joints", "joints_norm", "translation_norm")}
+    keys = ("rotation", "quaternion", "translation", "joints", "joints_norm", "translation_norm")
+    same = {k: n[k][None] for k in keys}
     _, logs, _ = SetCriterion(LossConfig(aux=False), hand)(same, gts)
     assert logs["chamfer"] < 1e-8 and logs["trans"] < 1e-10 and logs["rot"] < 1e-6

@@ -87,7 +87,8 @@ def test_batched_equals_per_object_eval():
             one = model(pts[b:b + 1])
             for k in ("joints", "translation", "quaternion"):
                 torch.testing.assert_close(batched[k][b:b + 1], one[k], atol=1e-5, rtol=1e-5)
-            torch.testing.assert_close(batched["aux"][0]["joints"][b:b + 1], one["aux"][0]["joints"], atol=1e-5, rtol=1e-5)
+            torch.testing.assert_close(batched["aux"][0]["joints"][b:b + 1], one["aux"][0]["joints"],
+                                       atol=1e-5, rtol=1e-5)
         # deterministic: FPS starts at index 0, no randomness in eval
         torch.testing.assert_close(model(pts)["joints"], batched["joints"])
 
