@@ -4,8 +4,9 @@ Per matched pair (K pairs over the batch; every term is averaged over the K pair
 - ``trans``   Σ_d smoothL1(t̂_norm − t_norm)            (λ = 10)  sums over the 3 axes, like the matcher's L1
 - ``joints``  Σ_d smoothL1(q̂_norm − q_norm)            (λ = 10)  sums over the J joints
 - ``rot``     1 − |⟨r̂, r⟩| on unit wxyz quaternions      (λ = 10)  q ≡ −q
-- ``chamfer`` Σ_a min_b ‖a−b‖² + Σ_b min_a ‖a−b‖² over predicted/GT hand surface samples (λ = 1): squared distances
-              summed over points (the authors' pytorch3d call), so the term has a useful size in metres.
+- ``chamfer`` n·mean_a min_b ‖a−b‖² + n·mean_b min_a ‖a−b‖² over predicted/GT hand surface samples (λ = 1), n =
+              ``chamfer_points`` = 1024: the authors summed squared distances over their 1024 samples (pytorch3d,
+              point_reduction='sum'); rescaling to 1024 keeps λ's meaning whatever the hand's sample count.
 - ``spen``    hand self-penetration (λ = 10)
 - ``pen``     Σ_p relu(hand_sdf(p)) over the object points p, hand sdf positive inside the hand (λ_pen = 50, SMPT only)
 - ``dist``    vanilla distance loss, paper eq. 1: Σ_i 1[d(p_i) < τ]·d(p_i) over the hand's contact candidates p_i,
@@ -50,6 +51,7 @@ class LossConfig:
     pen: float = 50.0          # applied in stage 'smpt' only (0 in DMT/SMW)
     dist: float = 10.0         # applied in stage 'smpt' only
     dist_tau: float = 0.01     # m, contact threshold τ of eq. 1
+    chamfer_points: int = 1024  # chamfer = this many × the mean squared nearest-neighbour distance (per direction)
     smooth_l1_beta: float = 1.0
     aux: bool = True           # deep supervision over the earlier decoder layers
     matcher: MatcherConfig = field(default_factory=MatcherConfig)
@@ -140,13 +142,13 @@ def _pick(b: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
 
 
 def chamfer(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """(K, N, 3), (K, M, 3) → (K,) Σ_a min_b ‖a−b‖² + Σ_b min_a ‖a−b‖².
+    """(K, N, 3), (K, M, 3) → (K,) mean_a min_b ‖a−b‖² + mean_b min_a ‖a−b‖².
 
     The nearest neighbours are found without autograd and the squared distances recomputed on them: same value and
     gradient as differentiating the min, without storing K·N·M distances.
     """
     i_ab, i_ba = _nearest(a, b, both=True)
-    return ((a - _pick(b, i_ab)) ** 2).sum(-1).sum(-1) + ((b - _pick(a, i_ba)) ** 2).sum(-1).sum(-1)
+    return ((a - _pick(b, i_ab)) ** 2).sum(-1).mean(-1) + ((b - _pick(a, i_ba)) ** 2).sum(-1).mean(-1)
 
 
 def vanilla_distance(keypoints: torch.Tensor, obj_points: torch.Tensor, tau: float) -> torch.Tensor:
@@ -183,7 +185,7 @@ class SetCriterion(nn.Module):
         self.t_range = float(t_range)
 
     def prepare_targets(self, targets: list[dict], dtype, device) -> list[dict]:
-        """Normalise each object's ground truth (unless it already carries both *_norm keys)."""
+        """Complete each object's ground truth with ``normalise_targets`` (unless it already holds all six keys)."""
         out = []
         for gt in targets:
             if not all(k in gt for k in ("joints_norm", "translation_norm", "quaternion", "rotation",
@@ -200,7 +202,8 @@ class SetCriterion(nn.Module):
         outputs: the model's dict ('rotation' (B,Q,3,3), 'quaternion', 'translation', 'joints', *_norm, 'aux');
         targets: B ground-truth dicts (see ``normalise_targets``; M_b grasps each);
         static_assignment: None (Hungarian matching, needed for 'dmt') or B arrays (Q,) of GT indices, −1 unmatched
-            (required for 'smw'/'smpt'); reused for every layer;
+            (required for 'smw'/'smpt'); reused for every layer.  The indices refer to the order of each object's
+            grasps in ``targets``: the loader must give every object the same grasps in the same order each epoch;
         points: object point clouds (B, P, 3), needed when 'pen' or 'dist' is active (stage 'smpt').
         Returns (total loss (scalar tensor), logs {name: float}, final-layer assignments: B arrays (Q,) int64).
         Logs hold the unweighted final-layer terms, 'loss' (total), 'loss_final', 'loss_aux', 'matched' (K).
@@ -268,7 +271,7 @@ class SetCriterion(nn.Module):
         if weights["chamfer"] > 0:
             with torch.no_grad():
                 gt_surface = self.hand.surface_points(G["rotation"], G["translation"], G["joints"])
-            terms["chamfer"] = chamfer(self.hand.surface_points(*pose), gt_surface).mean()
+            terms["chamfer"] = self.cfg.chamfer_points * chamfer(self.hand.surface_points(*pose), gt_surface).mean()
         if weights["spen"] > 0:
             terms["spen"] = self.hand.self_penetration(*pose).mean()
         if weights["pen"] > 0:
