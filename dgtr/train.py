@@ -1,0 +1,559 @@
+"""DSMT training (paper Alg. 1, DESIGN.md §3): ``dgtr train --data DIR --out RUN [--config YAML] [--resume]``.
+
+One command runs the whole schedule:
+
+1. DMT (``epochs_dmt``): Hungarian matching every step, regression + chamfer + self-penetration losses.
+2. After DMT, one full matching pass over the TRAIN split with the final decoder layer (model in eval mode) records the
+   static assignment, keyed by dataset entry ``code@scale``, in ``RUN/static_assignment.json`` (and the checkpoint).
+   One pass over every entry (not the last DMT epoch's batches) means no entry is ever missing (DESIGN.md §3 traps).
+3. SMW (``epochs_smw``): the static assignment, same losses.
+4. SMPT (``epochs_smpt``): the static assignment + object penetration and distance losses.
+
+Validation (every ``val_every`` epochs, the VAL split only, never test): the loss with Hungarian matching and the
+DMT weights (comparable across stages) and the mean max penetration depth of the object points into the hands
+(mm, metrics.penetration_depth) over the first ``val_metric_objects`` entries.
+DMT epochs also log the matching instability: the share of queries whose matched ground truth changed since the
+previous epoch (paper Fig. 5), from the assignments the training steps actually used.
+
+Files in RUN: ``config.yaml`` (resolved), ``checkpoint.pt`` after every epoch (atomic; ``checkpoint_epochNN.pt`` too
+with ``train.keep_epoch_checkpoints``), ``static_assignment.json``, ``tb/`` (TensorBoard), ``summary.json`` (per-epoch
+losses, metrics, wall time).
+
+Exact resume: the data order of an epoch is a function of (seed, epoch) only (a seeded sampler and loader generator),
+and checkpoints hold model, optimiser, scheduler and every RNG (torch, numpy, python; per rank), so an interrupted run
+resumed with ``--resume`` ends with the same weights, bit for bit, as an uninterrupted one (CPU, deterministic
+algorithms).  A checkpoint is written at the end of an epoch; an interrupted epoch is redone.
+
+DDP: ``torchrun --nproc_per_node N -m dgtr train ...`` (gloo on CPU, nccl on CUDA).  ``train.batch_size`` is the
+global batch (objects per optimiser step over all processes); each rank gets ⌈batch/N⌉ through a DistributedSampler.
+Rank 0 validates and writes every file.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import random
+import sys
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from . import config as config_mod
+from .errors import DgtrError, FileFormatError, InputError, MissingFileError
+from .losses import LossConfig, SetCriterion
+from .matcher import hungarian_match, save_assignments, to_query_assignment
+from .model import ModelConfig, build_model
+from .tta import TTAConfig
+
+__all__ = ["TrainSettings", "TrainConfig", "train", "read_checkpoint", "load_weights", "entry_key", "stage_of",
+           "add_train_args", "run_train"]
+
+CHECKPOINT_FORMAT = "dgtr-checkpoint-v1"
+
+
+@dataclass
+class TrainSettings:
+    """Optimisation and bookkeeping of a training run (defaults: paper §4.2 / DESIGN.md §3)."""
+
+    epochs_dmt: int = 15
+    epochs_smw: int = 5
+    epochs_smpt: int = 5
+    batch_size: int = 32          # objects (dataset entries = object × scale) per optimiser step, all ranks together
+    lr: float = 2e-4
+    weight_decay: float = 5e-6
+    lr_schedule: str = "stage"    # cosine restarted at each stage ('stage') or one cosine over the run ('run')
+    lr_min: float = 1e-6          # where each cosine ends
+    grad_clip: float = 1.0        # max global gradient norm; 0 = off
+    seed: int = 0
+    n_points: int = 4096          # points per object cloud (also written to model.n_points)
+    min_grasps: int = 1           # (object, scale) entries with fewer grasps are skipped
+    num_workers: int = 0          # DataLoader workers (clouds are precomputed in memory: 0 is fine on a CPU)
+    val_every: int = 1            # validate every N epochs (and after the last); 0 = never
+    val_metric_objects: int = 16  # entries whose 16 grasps get the (costly) penetration metric
+    log_every: int = 10           # TensorBoard step logging period
+    checkpoint_every: int = 1     # epochs between checkpoints (the last epoch always writes one)
+    keep_epoch_checkpoints: bool = False
+    deterministic: bool = True    # deterministic CUDA kernels (CPU kernels are); needed for bit-exact resume
+    progress: bool = True         # tqdm bars (rank 0)
+
+
+@dataclass
+class TrainConfig:
+    """The full run config (configs/default.yaml): model shape, losses, training, and the AB-TTA used at inference."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    train: TrainSettings = field(default_factory=TrainSettings)
+    tta: TTAConfig = field(default_factory=TTAConfig)
+
+    def check(self) -> None:
+        s = self.train
+        self.model.n_points = s.n_points
+        self.model.check()
+        self.tta.check()
+        if min(s.epochs_dmt, s.epochs_smw, s.epochs_smpt) < 0 or s.epochs_dmt + s.epochs_smw + s.epochs_smpt < 1:
+            raise InputError("train.epochs_*: need non-negative epochs, at least one in total")
+        if s.checkpoint_every < 1:
+            raise InputError(f"train.checkpoint_every: need >= 1, got {s.checkpoint_every}")
+        if s.batch_size < 1 or s.lr <= 0 or s.weight_decay < 0 or s.grad_clip < 0 or s.num_workers < 0:
+            raise InputError("train: need batch_size >= 1, lr > 0, weight_decay >= 0, grad_clip >= 0, num_workers >= 0")
+        if s.lr_schedule not in ("stage", "run"):
+            raise InputError(f"train.lr_schedule: expected 'stage' or 'run', got {s.lr_schedule!r}")
+        if s.n_points < 64:
+            raise InputError(f"train.n_points: need >= 64, got {s.n_points}")
+
+    @property
+    def total_epochs(self) -> int:
+        return self.train.epochs_dmt + self.train.epochs_smw + self.train.epochs_smpt
+
+
+def stage_of(cfg: TrainConfig, epoch: int) -> str:
+    """Stage of 0-based ``epoch``: 'dmt', 'smw' or 'smpt'."""
+    s = cfg.train
+    return "dmt" if epoch < s.epochs_dmt else "smw" if epoch < s.epochs_dmt + s.epochs_smw else "smpt"
+
+
+def entry_key(code: str, scale: float) -> str:
+    """Key of a dataset entry (object × scale); scales are float32 in DexGraspNet, so 5 significant digits."""
+    return f"{code}@{float(scale):.5g}"
+
+
+# ------------------------------------------------------------------------------------------------ checkpoints
+def read_checkpoint(path) -> dict:
+    """Load a checkpoint written by ``dgtr train`` (tensors on the CPU).  Raises MissingFileError / FileFormatError."""
+    p = Path(path)
+    if not p.is_file():
+        raise MissingFileError(f"checkpoint not found: {p}")
+    try:
+        ck = torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises several types for truncated/corrupt/foreign files
+        raise FileFormatError(f"{p}: not a readable dgtr checkpoint ({type(e).__name__}: {str(e)[:200]})") from None
+    if not isinstance(ck, dict) or not {"model", "config"} <= set(ck):
+        raise FileFormatError(f"{p}: not a dgtr checkpoint (needs 'model' and 'config' entries)")
+    return ck
+
+
+def config_from_checkpoint(ck: dict, path="checkpoint") -> TrainConfig:
+    try:
+        return config_mod.from_dict(TrainConfig, ck["config"])
+    except (DgtrError, TypeError, AttributeError) as e:
+        raise FileFormatError(f"{path}: its config does not fit this version of dgtr ({e})") from None
+
+
+def load_weights(model: torch.nn.Module, state: dict, path="checkpoint") -> None:
+    """``model.load_state_dict`` with a clear error when the checkpoint was made for another model config."""
+    try:
+        model.load_state_dict(state)
+    except (RuntimeError, KeyError, TypeError) as e:
+        first = str(e).strip().splitlines()
+        detail = "; ".join(l.strip() for l in first[1:4]) or first[0] if first else ""
+        raise FileFormatError(f"{path}: the weights do not fit the model of this config (checkpoint from another "
+                              f"config?): {detail[:300]}") from None
+
+
+def _atomic_save(obj, path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def _rng_state() -> dict:
+    """Every RNG this process uses, in types that ``torch.load(weights_only=True)`` accepts."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    st = {"torch": torch.get_rng_state(), "python": random.getstate(),
+          "numpy": {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos), "has_gauss": int(has_gauss),
+                    "cached": float(cached)}}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        st["cuda"] = torch.cuda.get_rng_state_all()
+    return st
+
+
+def _set_rng_state(st: dict) -> None:
+    torch.set_rng_state(st["torch"])
+    py = st["python"]
+    random.setstate((py[0], tuple(py[1]), py[2]))
+    n = st["numpy"]
+    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached"]))
+    if "cuda" in st and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(st["cuda"])
+
+
+# --------------------------------------------------------------------------------------------- distributed
+@dataclass
+class _Dist:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def barrier(self):
+        if self.world > 1:
+            dist.barrier()
+
+    def gather(self, obj) -> list:
+        """Every rank's ``obj`` (picklable), in rank order, on every rank."""
+        if self.world == 1:
+            return [obj]
+        out = [None] * self.world
+        dist.all_gather_object(out, obj)
+        return out
+
+
+def _setup(device: str) -> tuple[_Dist, torch.device]:
+    """Process group from torchrun's environment (if any) and this rank's device."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    d = _Dist(int(os.environ.get("RANK", "0")), world, int(os.environ.get("LOCAL_RANK", "0")))
+    if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
+        raise InputError(f"--device: expected cpu or cuda, got {device!r}")
+    if device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise InputError("--device cuda: no CUDA device is available (use --device cpu)")
+        dev = torch.device("cuda", d.local_rank if world > 1 else torch.device(device).index or 0)
+        torch.cuda.set_device(dev)
+    else:
+        dev = torch.device("cpu")
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
+    return d, dev
+
+
+# ------------------------------------------------------------------------------------------------ data
+def _datasets(cfg: TrainConfig, root: Path):
+    from .data import GraspDataset, read_splits
+
+    if not root.is_dir():
+        raise MissingFileError(f"--data: folder not found: {root}")
+    if not (root / "dataset").is_dir():
+        raise MissingFileError(f"--data {root}: no dataset/ folder of <code>.npy grasp files (DexGraspNet layout)")
+    splits = read_splits(root)
+    s = cfg.train
+    if not splits.get("train"):
+        raise InputError(f"--data {root}: the train split is empty")
+    train_ds = GraspDataset(root, "train", n_points=s.n_points, min_grasps=s.min_grasps, seed=s.seed)
+    if len(train_ds) == 0:
+        raise InputError(f"--data {root}: no train entry has >= {s.min_grasps} grasps (train.min_grasps)")
+    val_ds = None
+    if splits.get("val"):
+        val_ds = GraspDataset(root, "val", n_points=s.n_points, min_grasps=s.min_grasps, seed=s.seed)
+        val_ds = val_ds if len(val_ds) else None
+    return train_ds, val_ds
+
+
+def _loader(ds, batch: int, d: _Dist, shuffle: bool, seed: int, epoch: int, workers: int):
+    """Loader whose order depends on (seed, epoch) only: a DistributedSampler (also for one process) + a seeded
+    generator, so no global RNG is consumed and a resumed epoch sees the same batches."""
+    from torch.utils.data import DataLoader, DistributedSampler
+
+    from .data import collate
+
+    sampler = DistributedSampler(ds, num_replicas=d.world, rank=d.rank, shuffle=shuffle, seed=seed, drop_last=False)
+    sampler.set_epoch(epoch)
+    gen = torch.Generator().manual_seed(seed * 100003 + epoch)
+    return DataLoader(ds, batch_size=batch, sampler=sampler, collate_fn=collate, num_workers=workers, generator=gen)
+
+
+def _targets(batch: dict, device) -> list[dict]:
+    return [{"rotation": r.to(device), "translation": t.to(device), "joints": j.to(device)}
+            for r, t, j in zip(batch["rotation"], batch["translation"], batch["joints"])]
+
+
+def _keys(batch: dict) -> list[str]:
+    return [entry_key(c, s) for c, s in zip(batch["code"], batch["scale"])]
+
+
+# --------------------------------------------------------------------------------------------- schedule
+def _lr_lambda(cfg: TrainConfig, steps_per_epoch: int):
+    """Factor on the base lr at optimiser step k: cosine from 1 to lr_min/lr over each stage (or the whole run)."""
+    s = cfg.train
+    bounds = [0, s.epochs_dmt, s.epochs_dmt + s.epochs_smw, cfg.total_epochs]
+    if s.lr_schedule == "run":
+        bounds = [0, cfg.total_epochs]
+    bounds = [b * steps_per_epoch for b in bounds]
+    floor = min(s.lr_min / s.lr, 1.0)
+
+    def f(k: int) -> float:
+        for a, b in zip(bounds[:-1], bounds[1:]):
+            if a <= k < b:
+                return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * (k - a) / max(1, b - a)))
+        return floor
+    return f
+
+
+# ------------------------------------------------------------------------------------------ matching passes
+@torch.no_grad()
+def record_static_assignment(model, criterion, ds, cfg: TrainConfig, d: _Dist, device) -> dict[str, list[int]]:
+    """One matching pass over every entry of ``ds`` with the final decoder layer (eval mode): {code@scale: (Q,) ints}."""
+    was = model.training
+    model.eval()
+    out: dict[str, list[int]] = {}
+    loader = _loader(ds, max(1, math.ceil(cfg.train.batch_size / d.world)), d, False, cfg.train.seed, 0, 0)
+    for batch in loader:
+        pred = model(batch["points"].to(device))
+        gts = criterion.prepare_targets(_targets(batch, device), pred["translation"].dtype, device)
+        for k, m in zip(_keys(batch), hungarian_match(pred, gts, cfg.loss.matcher)):
+            out[k] = to_query_assignment(m, cfg.model.n_queries).tolist()
+    merged = {}
+    for part in d.gather(out):
+        merged.update(part)
+    missing = [entry_key(c, s) for c, s, _ in ds.entries if entry_key(c, s) not in merged]
+    if missing:  # cannot happen with a full pass; a loud error beats a crash in the static stage
+        raise DgtrError(f"static assignment: entries {missing[:3]} were not matched")
+    model.train(was)
+    return merged
+
+
+@torch.no_grad()
+def validate(model, criterion, ds, cfg: TrainConfig, hand, device) -> dict[str, float]:
+    """Loss (Hungarian, DMT weights) over the val split and the mean max penetration (mm) of the first
+    ``val_metric_objects`` entries' grasps.  Rank 0 only."""
+    from .metrics import penetration_depth
+
+    was = model.training
+    model.eval()
+    sums, n, pens = defaultdict(float), 0, []
+    loader = _loader(ds, max(1, cfg.train.batch_size), _Dist(), False, cfg.train.seed, 0, 0)
+    for batch in loader:
+        pts = batch["points"].to(device)
+        pred = model(pts)
+        _, logs, _ = criterion(pred, _targets(batch, device), None, "dmt")
+        B = pts.shape[0]
+        for k, v in logs.items():
+            sums[k] += v * B
+        n += B
+        for b in range(B):
+            if len(pens) >= cfg.train.val_metric_objects:
+                break
+            pens.append(penetration_depth(hand, pts[b], pred["rotation"][b], pred["translation"][b],
+                                          pred["joints"][b]) * 1e3)
+    model.train(was)
+    out = {f"val_{k}": v / max(n, 1) for k, v in sums.items() if k in ("loss", "loss_final", "trans", "joints", "rot",
+                                                                        "chamfer", "spen")}
+    if pens:
+        pens = np.concatenate(pens)
+        out["val_pen_mm"] = float(pens.mean())
+        out["val_eta_np"] = float((pens < 5.0).mean())
+    return out
+
+
+def _log_epoch(writer, rec: dict) -> None:
+    """Epoch record → TensorBoard and one line on stderr."""
+    e = rec["epoch"]
+    for k, v in rec["train"].items():
+        writer.add_scalar(f"train/{k}", v, e)
+    for k, v in rec.get("val", {}).items():
+        writer.add_scalar(f"val/{k[4:]}", v, e)
+    if "instability" in rec:
+        writer.add_scalar("train/matching_instability", rec["instability"], e)
+    writer.add_scalar("train/lr", rec["lr"], e)
+    writer.flush()
+    msg = f"epoch {e} {rec['stage']}: loss {rec['train'].get('loss', float('nan')):.4f}"
+    if "instability" in rec:
+        msg += f", matching instability {rec['instability']:.3f}"
+    v = rec.get("val", {})
+    if "val_loss" in v:
+        msg += f", val loss {v['val_loss']:.4f}"
+    if "val_pen_mm" in v:
+        msg += f", val pen {v['val_pen_mm']:.2f} mm"
+    print(msg, file=sys.stderr, flush=True)
+
+
+# ------------------------------------------------------------------------------------------------- training
+def train(cfg: TrainConfig, data, out, resume: bool = False, device: str = "cpu", max_epochs: int | None = None):
+    """Run (or continue) DSMT.  Returns the trained model (unwrapped, on ``device``).
+
+    data: DexGraspNet-layout folder (``dataset/``, ``meshdata/``, ``splits.json``); out: run folder;
+    max_epochs: stop after this many epochs of this invocation (continue later with ``resume=True``).
+    """
+    from tqdm import tqdm
+
+    from .hand import get_hand
+
+    d, dev = _setup(device)
+    out, data = Path(out), Path(data)
+    ckpt_path = out / "checkpoint.pt"
+    ck = None
+    if resume:
+        ck = read_checkpoint(ckpt_path)
+    elif ckpt_path.exists():
+        raise InputError(f"{out} already holds a run (checkpoint.pt): continue it with --resume or choose another --out")
+    cfg.check()
+    s = cfg.train
+    if s.deterministic and dev.type == "cuda":
+        # CPU kernels are deterministic already (and the call imports torch._inductor: ~5 s)
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True, warn_only=True)
+
+    random.seed(s.seed)
+    np.random.seed(s.seed)
+    torch.manual_seed(s.seed)
+    train_ds, val_ds = _datasets(cfg, data)
+    hand = get_hand(dev)
+    model = build_model(cfg.model, hand.joint_lower.cpu(), hand.joint_upper.cpu()).to(dev)
+    criterion = SetCriterion(cfg.loss, hand, t_range=cfg.model.t_range).to(dev)
+    opt = torch.optim.Adam(model.parameters(), lr=s.lr, weight_decay=s.weight_decay)
+    per_rank = max(1, math.ceil(s.batch_size / d.world))
+    steps_per_epoch = len(_loader(train_ds, per_rank, d, True, s.seed, 0, 0))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(cfg, steps_per_epoch))
+
+    start_epoch, step, static, prev_assign, history, wall = 0, 0, None, None, [], 0.0
+    if ck is not None:
+        load_weights(model, ck["model"], ckpt_path)
+        try:
+            opt.load_state_dict(ck["optimizer"])
+            sched.load_state_dict(ck["scheduler"])
+        except (KeyError, ValueError, RuntimeError) as e:
+            raise FileFormatError(f"{ckpt_path}: optimiser/scheduler state does not fit this config ({e})") from None
+        start_epoch, step, wall = int(ck["epoch"]), int(ck["step"]), float(ck.get("wall_time", 0.0))
+        static, prev_assign, history = ck.get("static_assignment"), ck.get("prev_assignment"), list(ck.get("history", []))
+        rngs = ck.get("rng") or []
+        if len(rngs) == d.world:
+            _set_rng_state(rngs[d.rank])
+        else:
+            torch.manual_seed(s.seed + 1000 * start_epoch + d.rank)
+    else:
+        torch.manual_seed(s.seed + d.rank)  # same init on every rank (above); own dropout stream per rank from here
+
+    if d.world > 1:
+        model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[dev.index] if dev.type == "cuda" else None)
+    core = model.module if d.world > 1 else model
+
+    writer = None
+    if d.main:
+        out.mkdir(parents=True, exist_ok=True)
+        config_mod.save(cfg, out / "config.yaml")
+        from torch.utils.tensorboard import SummaryWriter
+        writer = SummaryWriter(str(out / "tb"), purge_step=step if ck is not None else None)
+
+    last = cfg.total_epochs if max_epochs is None else min(cfg.total_epochs, start_epoch + max_epochs)
+    try:
+        for epoch in range(start_epoch, last):
+            stage = stage_of(cfg, epoch)
+            t_epoch = time.perf_counter()
+            if stage != "dmt" and static is None:
+                static = record_static_assignment(core, criterion, train_ds, cfg, d, dev)
+                if d.main:
+                    save_assignments(out / "static_assignment.json", static)
+            model.train()
+            loader = _loader(train_ds, per_rank, d, True, s.seed, epoch, s.num_workers)
+            sums, count, assign = defaultdict(float), 0, {}
+            bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.total_epochs} {stage}", leave=False,
+                       disable=not (d.main and s.progress), dynamic_ncols=True)
+            for batch in bar:
+                pts = batch["points"].to(dev)
+                keys = _keys(batch)
+                sa = None if stage == "dmt" else [static[k] for k in keys]
+                pred = model(pts)
+                loss, logs, used = criterion(pred, _targets(batch, dev), sa, stage, pts)
+                if not torch.isfinite(loss):
+                    raise DgtrError(f"training diverged: loss is {float(loss)} at epoch {epoch + 1}, step {step + 1} "
+                                    "(lower train.lr or raise train.grad_clip)")
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                if s.grad_clip > 0:
+                    logs["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(model.parameters(), s.grad_clip))
+                opt.step()
+                sched.step()
+                step += 1
+                assign.update({k: a.tolist() for k, a in zip(keys, used)})
+                B = pts.shape[0]
+                for k, v in logs.items():
+                    sums[k] += v * B
+                count += B
+                bar.set_postfix(loss=f"{logs['loss']:.3f}")
+                if writer is not None and step % max(1, s.log_every) == 0:
+                    for k, v in logs.items():
+                        writer.add_scalar(f"step/{k}", v, step)
+                    writer.add_scalar("step/lr", opt.param_groups[0]["lr"], step)
+
+            # epoch means over every rank's samples
+            tot = d.gather((dict(sums), count, assign))
+            agg, n = defaultdict(float), 0
+            assign = {}
+            for sm, c, a in tot:
+                n += c
+                assign.update(a)
+                for k, v in sm.items():
+                    agg[k] += v
+            rec = {"epoch": epoch + 1, "stage": stage, "step": step, "lr": opt.param_groups[0]["lr"],
+                   "train": {k: v / max(n, 1) for k, v in agg.items()}}
+            if stage == "dmt":
+                if prev_assign is not None:
+                    common = [k for k in assign if k in prev_assign]
+                    changed = sum(int((np.asarray(assign[k]) != np.asarray(prev_assign[k])).sum()) for k in common)
+                    total = sum(len(assign[k]) for k in common)
+                    rec["instability"] = changed / max(total, 1)
+                prev_assign = assign
+            if d.main and val_ds is not None and s.val_every > 0 and (
+                    (epoch + 1) % s.val_every == 0 or epoch + 1 == cfg.total_epochs):
+                rec["val"] = validate(core, criterion, val_ds, cfg, hand, dev)
+            wall += time.perf_counter() - t_epoch
+            rec["time_s"] = time.perf_counter() - t_epoch
+            history.append(rec)
+
+            if d.world > 1:  # BatchNorm statistics drift per rank between DDP's per-forward broadcasts: align them
+                for b in core.buffers():
+                    dist.broadcast(b, 0)
+            save = (epoch + 1) % s.checkpoint_every == 0 or epoch + 1 == last
+            rngs = d.gather(_rng_state()) if save else None
+            if d.main:
+                _log_epoch(writer, rec)
+                if save:
+                    state = {"format": CHECKPOINT_FORMAT, "epoch": epoch + 1, "step": step,
+                             "model": core.state_dict(), "optimizer": opt.state_dict(),
+                             "scheduler": sched.state_dict(), "rng": rngs, "config": config_mod.to_dict(cfg),
+                             "static_assignment": static, "prev_assignment": prev_assign, "history": history,
+                             "wall_time": wall, "world_size": d.world}
+                    _atomic_save(state, ckpt_path)
+                    if s.keep_epoch_checkpoints:
+                        _atomic_save(state, out / f"checkpoint_epoch{epoch + 1:02d}.pt")
+            d.barrier()
+
+        if d.main:
+            done = len(history) >= cfg.total_epochs
+            summary = {"completed": done, "epochs": history, "wall_time_s": wall, "world_size": d.world,
+                       "device": str(dev), "train_entries": len(train_ds), "val_entries": len(val_ds or []),
+                       "static_assignment": "static_assignment.json" if static is not None else None}
+            tmp = out / "summary.json.tmp"
+            tmp.write_text(json.dumps(summary, indent=1))
+            os.replace(tmp, out / "summary.json")
+    finally:
+        if writer is not None:
+            writer.close()
+    return core
+
+
+# ------------------------------------------------------------------------------------------------------ CLI
+def add_train_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", required=True, help="DexGraspNet-layout folder: dataset/, meshdata/, splits.json")
+    p.add_argument("--out", required=True, help="run folder (checkpoint.pt, config.yaml, tb/, summary.json)")
+    p.add_argument("--config", help="YAML run config (default: built-in defaults = configs/default.yaml; "
+                                    "with --resume: the run's config.yaml)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint.pt")
+    p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    p.add_argument("--max-epochs", type=int, default=None,
+                   help="stop after this many epochs of this invocation (fit a job time limit; continue with --resume)")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. train.lr=1e-4")
+
+
+def run_train(args) -> int:
+    cfg_file = args.config
+    run_cfg = Path(args.out) / "config.yaml"
+    if cfg_file is None and args.resume and run_cfg.is_file():
+        cfg_file = run_cfg
+    cfg = config_mod.load(TrainConfig, cfg_file, args.overrides)
+    try:
+        train(cfg, args.data, args.out, resume=args.resume, device=args.device, max_epochs=args.max_epochs)
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+    return 0
