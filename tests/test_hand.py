@@ -1,5 +1,6 @@
 """ShadowHand: FK test vectors, batching, rotation representations, gradients, signed distance, real grasps."""
 import contextlib
+import sys
 
 import numpy as np
 import pytest
@@ -54,6 +55,23 @@ def test_asset_dir_and_model(hand):
     assert sizes["lfdistal"] == (0.00705, 0.012) and sizes["thproximal"] == (0.013, 0.019)
     assert sizes["thmiddle"] == (0.011, 0.016) and sizes["thdistal"] == (0.00918, 0.013)
     assert len(hand.sdf_link_names) == 17 and hand.sdf_link_names[0] == "robot0:palm"
+
+
+def test_model_loads_without_importing_gymnasium():
+    from dgtr.hand import _parse_model
+    gym = lambda: {m for m in sys.modules if m.split(".")[0] in ("gymnasium", "gymnasium_robotics")}
+    before = gym()
+    _parse_model.__wrapped__()  # uncached: really locate and parse the MJCF
+    assert gym() == before
+
+
+def test_missing_assets_is_a_clear_error(monkeypatch):
+    import importlib.util
+
+    from dgtr.errors import DgtrError
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(DgtrError, match="gymnasium-robotics"):
+        hand_asset_dir()
 
 
 def test_joint_limits_match_design(hand):
