@@ -35,29 +35,29 @@ DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "dexgraspnet"
 CONTACT = 0.005
 
 
-def coarse_set(data: Path, per_object: int, seed: int = 0, perturb: bool = True, push: float = 0.004):
-    """[(ObjectModel, points (P,3), R (M,3,3), t (M,3), q (M,22))] per object: perturbed real grasps."""
+def grasp_sets(data: Path, per_object: int, seed: int = 0, push: float = 0.004):
+    """(real, coarse): per object [(ObjectModel, points (P,3), R (M,3,3), t (M,3), q (M,22))], the sampled real grasps
+    and their perturbed copies (same objects)."""
     g = torch.Generator().manual_seed(seed)
     hand = get_hand()
-    out = []
+    real, coarse = [], []
     for f in sorted((data / "dataset").glob("*.npy")):
         gs = load_grasps(f)
         s = gs.scales()[len(gs.scales()) // 2]
         gs = gs.at_scale(s)
         idx = torch.randperm(len(gs), generator=g)[:per_object]
         obj = load_object(data / "meshdata" / f.stem / "coacd" / "decomposed.obj", scale=s)
+        obj.signed_distance(torch.zeros(1, 3))  # build the SDF grid now (shared by forked workers)
         pts = torch.as_tensor(obj.sample_points(4096, seed=0))
         R, t, q = gs.rotation[idx].float(), gs.translation[idx].float(), gs.joints[idx].float()
+        real.append((obj, pts, R, t, q))
         M = len(idx)
-        if not perturb:
-            out.append((obj, pts, R, t, q))
-            continue
         axis = torch.nn.functional.normalize(torch.randn(M, 3, generator=g), dim=-1)
         R = matrix_from_axis_angle(axis * np.deg2rad(4.0)) @ R
         q = (q + 0.1 * torch.randn(M, 22, generator=g)).clamp(hand.joint_lower, hand.joint_upper)
         t = t - push * R[:, :, 1]  # palm normal is -y of the palm frame: move towards the object
-        out.append((obj, pts, R, t, q))
-    return out
+        coarse.append((obj, pts, R, t, q))
+    return real, coarse
 
 
 def measure(hand, objs, cfg: TTAConfig | None, mesh: bool = True) -> dict:
@@ -85,11 +85,27 @@ def row(name, m):
             f"{m['dt_mm']:6.2f} {m['s_per_obj']:7.2f}")
 
 
+_JOB = None
+
+
+def _run_setting(job) -> str:
+    """job = (label, 'real'|'coarse', TTAConfig overrides or None for no TTA, use the mesh SDF)."""
+    torch.set_num_threads(1)
+    label, which, kw, mesh = job
+    hand, sets, base = _JOB
+    if kw is None:
+        return row(label, measure(hand, sets[which], None))
+    cfg = TTAConfig(**{**base.__dict__, **kw})
+    label = label or f"{cfg.optimizer} lr={cfg.lr:g} it={cfg.iterations} tau={cfg.tau * 1e3:g}mm"
+    return row(label, measure(hand, sets[which], cfg, mesh=mesh))
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--data", type=Path, default=Path(os.environ.get("DGTR_DEXGRASPNET", DEFAULT_DATA)))
     ap.add_argument("--per-object", type=int, default=16)
     ap.add_argument("--push-mm", type=float, default=4.0)
+    ap.add_argument("--workers", type=int, default=1, help="settings measured in parallel (one thread each)")
     ap.add_argument("--quick", action="store_true", help="only the chosen setting and its neighbours")
     args = ap.parse_args()
     if not (args.data / "dataset").is_dir():
@@ -97,13 +113,10 @@ def main() -> int:
         return 0
     torch.manual_seed(0)
     hand = get_hand()
-    objs = coarse_set(args.data, args.per_object, push=args.push_mm * 1e-3)
-    real = coarse_set(args.data, args.per_object, perturb=False)
+    real, coarse = grasp_sets(args.data, args.per_object, push=args.push_mm * 1e-3)
     base = TTAConfig()
-    print(f"{'setting':<40} {'Q1':>6} {'η_tb%':>6} {'Pen.mm':>7} {'η_np%':>6} {'contacts':>8} {'spen':>7} {'Δt mm':>6} {'s/obj':>7}")
-    print(row("real grasps (unperturbed)", measure(hand, real, None)))
-    print(row("coarse (no TTA)", measure(hand, objs, None)))
-    print(row("default, nearest-point distance", measure(hand, objs, base, mesh=False)))
+    jobs = [("real grasps (unperturbed)", "real", None, True), ("coarse (no TTA)", "coarse", None, True),
+            ("default, nearest-point distance", "coarse", {}, False)]
     if args.quick:
         grid = [dict(), dict(lr=1e-3), dict(lr=1e-2), dict(iterations=25), dict(iterations=100), dict(tau=0.005),
                 dict(tau=0.02), dict(optimizer="sgd", lr=1e-2)]
@@ -111,10 +124,19 @@ def main() -> int:
         grid = [dict(optimizer=o, lr=lr, iterations=it, tau=tau) for o, lr, it, tau in itertools.product(
             ("adam",), (3e-3, 1e-2, 3e-2), (25, 50, 100), (0.005, 0.01, 0.02))]
         grid += [dict(optimizer="sgd", lr=lr, iterations=50, tau=0.01) for lr in (1e-2, 1e-1, 1.0)]
-    for kw in grid:
-        cfg = TTAConfig(**{**base.__dict__, **kw})
-        name = f"{cfg.optimizer} lr={cfg.lr:g} it={cfg.iterations} tau={cfg.tau * 1e3:g}mm"
-        print(row(name, measure(hand, objs, cfg)), flush=True)
+    jobs += [("", "coarse", kw, True) for kw in grid]
+    global _JOB
+    _JOB = (hand, {"real": real, "coarse": coarse}, base)
+    print(f"{'setting':<40} {'Q1':>6} {'η_tb%':>6} {'Pen.mm':>7} {'η_np%':>6} {'contacts':>8} {'spen':>7} "
+          f"{'Δt mm':>6} {'s/obj':>7}")
+    if args.workers > 1:
+        import multiprocessing as mp
+        with mp.get_context("fork").Pool(args.workers) as pool:  # children share the objects and their SDF grids
+            for line in pool.imap(_run_setting, jobs):
+                print(line, flush=True)
+    else:
+        for job in jobs:
+            print(_run_setting(job), flush=True)
     return 0
 
 

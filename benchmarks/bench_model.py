@@ -1,0 +1,155 @@
+"""Benchmark: DGTR inference latency, AB-TTA latency and training throughput.
+
+    python benchmarks/bench_model.py [--runs 50] [--device cpu|cuda] [--train-batch 8] [--train-steps 3]
+
+Rows (median wall times; threads: torch's default, or OMP_NUM_THREADS):
+- forward: one object (4096 points) → 16 grasps, eval mode, median of ``--runs`` runs after 3 warm-ups, for the
+  default ModelConfig (and ``ModelConfig.reference()`` when it differs);
+- AB-TTA: 16 grasps placed around a 10 cm object, default TTAConfig, with the nearest-point distance (point cloud
+  input) and with the mesh SDF (mesh input; its grid is built before timing);
+- training: objects/s of full optimiser steps (forward, matching, losses of the stage, backward, Adam) with the
+  default config on a synthetic batch of ``--train-batch`` objects × 16 ground-truth grasps, DMT and SMPT stages.
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+
+import torch
+import trimesh
+
+from dgtr.hand import get_hand
+from dgtr.losses import SetCriterion
+from dgtr.model import ModelConfig, build_model
+from dgtr.objects import ObjectModel
+from dgtr.rotations import matrix_from_axis_angle
+from dgtr.train import TrainConfig
+from dgtr.tta import TTAConfig, adapt
+
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def median_ms(fn, runs: int, device, warmup: int = 3) -> float:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(runs):
+        sync(device)
+        t0 = time.perf_counter()
+        fn()
+        sync(device)
+        times.append((time.perf_counter() - t0) * 1e3)
+    return statistics.median(times)
+
+
+def test_object() -> ObjectModel:
+    """A 10 x 7 x 5 cm box with rounded-off corners (a convex hull of a box and a sphere): a simple graspable solid."""
+    box = trimesh.creation.box((0.10, 0.07, 0.05))
+    ball = trimesh.creation.icosphere(3, radius=0.045)
+    return ObjectModel([trimesh.convex.convex_hull(trimesh.util.concatenate([box, ball]).vertices)], code="bench")
+
+
+def grasps_around(B: int, radius: float, device, seed: int = 0):
+    """B palms facing the object centre from random directions, fingers half closed."""
+    g = torch.Generator().manual_seed(seed)
+    hand = get_hand()
+    u = torch.nn.functional.normalize(torch.randn(B, 3, generator=g), dim=-1)
+    a = torch.nn.functional.normalize(torch.linalg.cross(u, torch.randn(B, 3, generator=g)), dim=-1)
+    R = torch.stack([a, u, torch.linalg.cross(a, u)], -1)
+    t = u * (radius + 0.012) - 0.05 * R[:, :, 2]
+    q = (hand.joint_lower + 0.4 * (hand.joint_upper - hand.joint_lower)).expand(B, -1).clone()
+    return R.to(device), t.to(device), q.to(device)
+
+
+def bench_forward(cfg: ModelConfig, pts: torch.Tensor, runs: int, device) -> tuple[float, int]:
+    hand = get_hand()
+    model = build_model(cfg, hand.joint_lower, hand.joint_upper).to(device).eval()
+    x = pts[None].to(device)
+    with torch.no_grad():
+        ms = median_ms(lambda: model(x), runs, device)
+    return ms, sum(p.numel() for p in model.parameters())
+
+
+def bench_tta(obj: ObjectModel, pts: torch.Tensor, runs: int, device) -> tuple[float, float]:
+    hand = get_hand(device)
+    R, t, q = grasps_around(16, 0.05, device)
+    cfg = TTAConfig()
+    p = pts.to(device)
+    obj.signed_distance(torch.zeros(1, 3))  # build the SDF grid outside the timing
+    cloud = median_ms(lambda: adapt(hand, p, R, t, q, cfg), runs, device, warmup=1)
+    mesh = median_ms(lambda: adapt(hand, p, R, t, q, cfg, obj=obj), runs, device, warmup=1)
+    return cloud, mesh
+
+
+def bench_train(batch: int, steps: int, device, stage: str) -> float:
+    """Objects per second of full training steps with the default config."""
+    cfg = TrainConfig()
+    hand = get_hand(device)
+    model = build_model(cfg.model, hand.joint_lower.cpu(), hand.joint_upper.cpu()).to(device).train()
+    crit = SetCriterion(cfg.loss, hand, t_range=cfg.model.t_range).to(device)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+    obj = test_object()
+    pts = torch.as_tensor(obj.sample_points(cfg.train.n_points)).to(device)
+    points = pts[None].expand(batch, -1, -1).contiguous()
+    targets = []
+    for b in range(batch):
+        R, t, q = grasps_around(16, 0.05, device, seed=b)
+        targets.append({"rotation": R, "translation": t, "joints": q})
+    static = [torch.randperm(16).numpy() for _ in range(batch)] if stage != "dmt" else None
+
+    def step():
+        out = model(points)
+        loss, _, _ = crit(out, targets, static, stage, points)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
+        opt.step()
+    ms = median_ms(step, steps, device, warmup=1)
+    return batch / (ms / 1e3)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--runs", type=int, default=50)
+    ap.add_argument("--tta-runs", type=int, default=3)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--train-batch", type=int, default=8)
+    ap.add_argument("--train-steps", type=int, default=3)
+    ap.add_argument("--skip-train", action="store_true")
+    args = ap.parse_args()
+    device = torch.device(args.device)
+    torch.manual_seed(0)
+    obj = test_object()
+    pts = torch.as_tensor(obj.sample_points(4096))
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
+    rows = []
+    ms, n = bench_forward(ModelConfig(), pts, args.runs, device)
+    rows.append((f"forward, default config ({n / 1e6:.2f} M params), 4096 pts -> 16 grasps", f"{ms:.1f} ms"))
+    ref = ModelConfig.reference()
+    if ref != ModelConfig():
+        ms, n = bench_forward(ref, pts, args.runs, device)
+        rows.append((f"forward, reference config ({n / 1e6:.2f} M params)", f"{ms:.1f} ms"))
+    else:
+        rows.append(("forward, ModelConfig.reference()", "= default config"))
+    cloud, mesh = bench_tta(obj, pts, args.tta_runs, device)
+    it = TTAConfig().iterations
+    rows.append((f"AB-TTA, 16 grasps, {it} it, point-cloud distance", f"{cloud:.0f} ms"))
+    rows.append((f"AB-TTA, 16 grasps, {it} it, mesh SDF distance", f"{mesh:.0f} ms"))
+    if not args.skip_train:
+        for stage in ("dmt", "smpt"):
+            ops = bench_train(args.train_batch, args.train_steps, device, stage)
+            rows.append((f"training, default config, batch {args.train_batch}, stage {stage}", f"{ops:.2f} objects/s"))
+    print(f"dgtr model benchmark on {name} (torch {torch.__version__})")
+    w = max(len(r[0]) for r in rows)
+    for a, b in rows:
+        print(f"  {a:<{w}}  {b:>16}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
