@@ -53,7 +53,7 @@ from .model import ModelConfig, build_model
 from .tta import TTAConfig
 
 __all__ = ["TrainSettings", "TrainConfig", "train", "read_checkpoint", "load_weights", "entry_key", "stage_of",
-           "add_train_args", "run_train"]
+           "matching_instability", "record_static_assignment", "validate", "add_train_args", "run_train"]
 
 CHECKPOINT_FORMAT = "dgtr-checkpoint-v1"
 
@@ -333,8 +333,8 @@ def validate(model, criterion, ds, cfg: TrainConfig, hand, device) -> dict[str, 
         for b in range(B):
             if len(pens) >= cfg.train.val_metric_objects:
                 break
-            pens.append(penetration_depth(hand, pts[b], pred["rotation"][b], pred["translation"][b],
-                                          pred["joints"][b]) * 1e3)
+            pens.append(penetration_depth(hand, pts[b].cpu(), pred["rotation"][b].cpu(), pred["translation"][b].cpu(),
+                                          pred["joints"][b].cpu()) * 1e3)  # metrics work on the CPU
     model.train(was)
     out = {f"val_{k}": v / max(n, 1) for k, v in sums.items() if k in ("loss", "loss_final", "trans", "joints", "rot",
                                                                         "chamfer", "spen")}
@@ -367,6 +367,51 @@ def _log_epoch(writer, rec: dict) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
+def matching_instability(prev: dict, cur: dict) -> float:
+    """Share of queries whose matched ground truth (−1 = unmatched) differs between two epochs' assignments
+    ({entry key: (Q,) ints}), over the entries present in both (paper Fig. 5)."""
+    common = [k for k in cur if k in prev]
+    changed = sum(int((np.asarray(cur[k]) != np.asarray(prev[k])).sum()) for k in common)
+    return changed / max(1, sum(len(cur[k]) for k in common))
+
+
+def _run_epoch(model, criterion, opt, sched, loader, stage: str, static, cfg: TrainConfig, dev, step: int, writer,
+               desc: str, main: bool):
+    """One pass over ``loader`` with optimiser steps.  Returns (sums of batch-weighted logs, objects seen,
+    {entry key: final-layer assignment used}, global step)."""
+    from tqdm import tqdm
+
+    s = cfg.train
+    model.train()
+    sums, count, assign = defaultdict(float), 0, {}
+    bar = tqdm(loader, desc=desc, leave=False, disable=not (main and s.progress), dynamic_ncols=True)
+    for batch in bar:
+        pts = batch["points"].to(dev)
+        keys = _keys(batch)
+        pred = model(pts)
+        sa = None if stage == "dmt" else [static[k] for k in keys]
+        loss, logs, used = criterion(pred, _targets(batch, dev), sa, stage, pts)
+        if not torch.isfinite(loss):
+            raise DgtrError(f"training diverged: loss is {float(loss)} at step {step + 1} ({desc}); try a lower train.lr")
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if s.grad_clip > 0:
+            logs["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(model.parameters(), s.grad_clip))
+        opt.step()
+        sched.step()
+        step += 1
+        assign.update({k: a.tolist() for k, a in zip(keys, used)})
+        for k, v in logs.items():
+            sums[k] += v * pts.shape[0]
+        count += pts.shape[0]
+        bar.set_postfix(loss=f"{logs['loss']:.3f}")
+        if writer is not None and step % max(1, s.log_every) == 0:
+            for k, v in logs.items():
+                writer.add_scalar(f"step/{k}", v, step)
+            writer.add_scalar("step/lr", opt.param_groups[0]["lr"], step)
+    return sums, count, assign, step
+
+
 # ------------------------------------------------------------------------------------------------- training
 def train(cfg: TrainConfig, data, out, resume: bool = False, device: str = "cpu", max_epochs: int | None = None):
     """Run (or continue) DSMT.  Returns the trained model (unwrapped, on ``device``).
@@ -374,8 +419,6 @@ def train(cfg: TrainConfig, data, out, resume: bool = False, device: str = "cpu"
     data: DexGraspNet-layout folder (``dataset/``, ``meshdata/``, ``splits.json``); out: run folder;
     max_epochs: stop after this many epochs of this invocation (continue later with ``resume=True``).
     """
-    from tqdm import tqdm
-
     from .hand import get_hand
 
     d, dev = _setup(device)
@@ -415,6 +458,11 @@ def train(cfg: TrainConfig, data, out, resume: bool = False, device: str = "cpu"
             raise FileFormatError(f"{ckpt_path}: optimiser/scheduler state does not fit this config ({e})") from None
         start_epoch, step, wall = int(ck["epoch"]), int(ck["step"]), float(ck.get("wall_time", 0.0))
         static, prev_assign, history = ck.get("static_assignment"), ck.get("prev_assignment"), list(ck.get("history", []))
+        if static is not None:
+            missing = [entry_key(c, sc) for c, sc, _ in train_ds.entries if entry_key(c, sc) not in static]
+            if missing:
+                raise InputError(f"{ckpt_path}: its static assignment lacks train entries {missing[:3]}: the data "
+                                 "changed since the run started")
         rngs = ck.get("rng") or []
         if len(rngs) == d.world:
             _set_rng_state(rngs[d.rank])
@@ -443,37 +491,9 @@ def train(cfg: TrainConfig, data, out, resume: bool = False, device: str = "cpu"
                 static = record_static_assignment(core, criterion, train_ds, cfg, d, dev)
                 if d.main:
                     save_assignments(out / "static_assignment.json", static)
-            model.train()
             loader = _loader(train_ds, per_rank, d, True, s.seed, epoch, s.num_workers)
-            sums, count, assign = defaultdict(float), 0, {}
-            bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.total_epochs} {stage}", leave=False,
-                       disable=not (d.main and s.progress), dynamic_ncols=True)
-            for batch in bar:
-                pts = batch["points"].to(dev)
-                keys = _keys(batch)
-                sa = None if stage == "dmt" else [static[k] for k in keys]
-                pred = model(pts)
-                loss, logs, used = criterion(pred, _targets(batch, dev), sa, stage, pts)
-                if not torch.isfinite(loss):
-                    raise DgtrError(f"training diverged: loss is {float(loss)} at epoch {epoch + 1}, step {step + 1} "
-                                    "(lower train.lr or raise train.grad_clip)")
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                if s.grad_clip > 0:
-                    logs["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(model.parameters(), s.grad_clip))
-                opt.step()
-                sched.step()
-                step += 1
-                assign.update({k: a.tolist() for k, a in zip(keys, used)})
-                B = pts.shape[0]
-                for k, v in logs.items():
-                    sums[k] += v * B
-                count += B
-                bar.set_postfix(loss=f"{logs['loss']:.3f}")
-                if writer is not None and step % max(1, s.log_every) == 0:
-                    for k, v in logs.items():
-                        writer.add_scalar(f"step/{k}", v, step)
-                    writer.add_scalar("step/lr", opt.param_groups[0]["lr"], step)
+            sums, count, assign, step = _run_epoch(model, criterion, opt, sched, loader, stage, static, cfg, dev, step,
+                                                   writer, f"epoch {epoch + 1}/{cfg.total_epochs} {stage}", d.main)
 
             # epoch means over every rank's samples
             tot = d.gather((dict(sums), count, assign))
@@ -488,14 +508,11 @@ def train(cfg: TrainConfig, data, out, resume: bool = False, device: str = "cpu"
                    "train": {k: v / max(n, 1) for k, v in agg.items()}}
             if stage == "dmt":
                 if prev_assign is not None:
-                    common = [k for k in assign if k in prev_assign]
-                    changed = sum(int((np.asarray(assign[k]) != np.asarray(prev_assign[k])).sum()) for k in common)
-                    total = sum(len(assign[k]) for k in common)
-                    rec["instability"] = changed / max(total, 1)
+                    rec["instability"] = matching_instability(prev_assign, assign)
                 prev_assign = assign
             if d.main and val_ds is not None and s.val_every > 0 and (
                     (epoch + 1) % s.val_every == 0 or epoch + 1 == cfg.total_epochs):
-                rec["val"] = validate(core, criterion, val_ds, cfg, hand, dev)
+                rec["val"] = validate(core, criterion, val_ds, cfg, get_hand(), dev)
             wall += time.perf_counter() - t_epoch
             rec["time_s"] = time.perf_counter() - t_epoch
             history.append(rec)
