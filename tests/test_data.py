@@ -95,3 +95,19 @@ def test_wrong_shapes():
 
 def test_qpos_key_order():
     assert QPOS_KEYS[0] == "robot0:FFJ3" and QPOS_KEYS[21] == "robot0:THJ0" and QPOS_KEYS[-1] == "WRJTz"
+
+
+def test_grasp_dataset_on_real_layout(dexgraspnet_dir):
+    from dgtr.data import GraspDataset, collate
+
+    ds = GraspDataset(dexgraspnet_dir, split="train", n_points=512, min_grasps=16)
+    assert len(ds) >= 3 * 4  # 3 objects × (most of) 5 scales
+    item = ds[0]
+    assert item["points"].shape == (512, 3) and item["joints"].shape[1] == 22
+    # the cloud is the unit cloud times the entry's scale: its radius is ~scale
+    r = item["points"].norm(dim=1).max().item()
+    assert 0.7 * item["scale"] < r < 1.05 * item["scale"]
+    batch = collate([ds[0], ds[1]])
+    assert batch["points"].shape == (2, 512, 3) and len(batch["rotation"]) == 2
+    with pytest.raises(InputError, match="split 'nope'"):
+        GraspDataset(dexgraspnet_dir, split="nope")
