@@ -149,32 +149,77 @@ def _hand_points(hand, rot, t, q, pts_link, slot, links) -> torch.Tensor:
     return (Ti[..., :3, :3] @ pts_link[None, :, :, None]).squeeze(-1) + Ti[..., :3, 3]
 
 
+def _piece_planes(obj) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Per convex piece of the object (at its scale): bounds lo (3,), hi (3,) and unique face planes (F, 4) rows
+    ``[n, o]`` with ``n·x <= o`` inside. Cached on the object."""
+    cache = obj.__dict__.setdefault("_dgtr_cache", {})
+    if "planes" not in cache:
+        out = []
+        for p in obj.pieces:
+            nd = np.c_[p.face_normals, np.einsum("ij,ij->i", p.face_normals, p.triangles[:, 0])]
+            out.append((p.bounds[0], p.bounds[1], np.unique(nd.round(9), axis=0)))
+        cache["planes"] = out
+    return cache["planes"]
+
+
+def _plane_sdf(obj, x: np.ndarray, reach: float) -> np.ndarray:
+    """Cheap signed-distance proxy of a union of convex pieces: min over pieces of the largest face-plane excess.
+
+    Inside a piece it is minus the depth in that piece (>= the union's signed distance); outside it is a lower bound
+    of the distance (exact in face regions). Only pieces whose box grown by ``reach`` holds a point are evaluated:
+    points farther than ``reach`` from every piece get +inf. x (N, 3) -> (N,).
+    """
+    best = np.full(len(x), np.inf)
+    for lo, hi, planes in _piece_planes(obj):
+        idx = np.flatnonzero(np.all((x >= lo - reach) & (x <= hi + reach), axis=1))
+        if len(idx):
+            best[idx] = np.minimum(best[idx], (x[idx] @ planes[:, :3].T - planes[:, 3]).max(1))
+    return best
+
+
 def link_contacts(hand, obj, rot: torch.Tensor, t: torch.Tensor, q: torch.Tensor,
-                  threshold: float = CONTACT_THRESHOLD, spacing: float = 0.0025) -> list[tuple[np.ndarray, np.ndarray]]:
+                  threshold: float = CONTACT_THRESHOLD, spacing: float = 0.0025,
+                  candidates: int = 4) -> list[tuple[np.ndarray, np.ndarray]]:
     """One contact per hand link (DexGraspNet Q1 protocol).
 
     For each link the primitive sample with the smallest object signed distance is its deepest point; the link
     touches if that distance is < ``threshold`` (inside or within 1 cm). The contact is the object surface point
     closest to it, with its outward normal. rot (B,3,3), t (B,3), q (B,22) -> per grasp (contacts (K,3), normals (K,3)).
+
+    The exact signed distance (robust inside test by the convex pieces) is too slow for every sample, so a plane
+    proxy picks ``candidates`` samples per link and the exact distance decides among them.
     """
     pts_link, slot, links = primitive_surface_points(hand, spacing)
     dtype = torch.float64
     with torch.no_grad():
-        x = _hand_points(hand, rot.to(dtype), t.to(dtype), q.to(dtype), pts_link, slot, links)  # (B, P, 3)
-        d, _ = obj.signed_distance(x)
-        d = d.to(dtype)
-        B, L = x.shape[0], len(links)
-        dmin = torch.empty(B, L, dtype=dtype)
-        deepest = torch.empty(B, L, 3, dtype=dtype)
-        for l in range(L):
-            m = slot == l
-            dl, i = d[:, m].min(1)
-            dmin[:, l], deepest[:, l] = dl, x[:, m][torch.arange(B), i]
-        closest, normals = obj.closest_points(deepest)
+        x = _hand_points(hand, rot.to(dtype), t.to(dtype), q.to(dtype), pts_link, slot, links).numpy()  # (B, P, 3)
+    B, L = x.shape[0], len(links)
+    phi = _plane_sdf(obj, x.reshape(-1, 3), threshold).reshape(B, -1)
+    slot = slot.numpy()
+    cand, cphi = [], []
+    for l in range(L):  # the `candidates` samples of each link with the smallest proxy
+        xl, pl = x[:, slot == l], phi[:, slot == l]
+        k = min(candidates, pl.shape[1])
+        i = np.argpartition(pl, k - 1, axis=1)[:, :k]
+        cand.append(np.take_along_axis(xl, i[..., None], 1))
+        cphi.append(np.take_along_axis(pl, i, 1))
+    cand, cphi = np.stack(cand, 1), np.stack(cphi, 1)                  # (B, L, k, 3), (B, L, k)
+    # outside, the proxy is a lower bound: samples with proxy >= threshold cannot touch and skip the exact test
+    near = cphi < threshold
+    exact = np.full(cphi.shape, np.inf)
+    if near.any():
+        exact[near] = obj.exact_signed_distance(cand[near])
+    j = exact.argmin(-1)
+    dmin = np.take_along_axis(exact, j[..., None], -1)[..., 0]           # (B, L)
+    deepest = np.take_along_axis(cand, j[..., None, None], 2)[:, :, 0]   # (B, L, 3)
+    ok = dmin < threshold
     out = []
     for b in range(B):
-        ok = (dmin[b] < threshold).numpy()
-        out.append((closest[b].double().numpy()[ok], normals[b].double().numpy()[ok]))
+        if ok[b].any():
+            c, n = obj.closest_points(deepest[b][ok[b]])
+            out.append((np.asarray(c, dtype=np.float64), np.asarray(n, dtype=np.float64)))
+        else:
+            out.append((np.zeros((0, 3)), np.zeros((0, 3))))
     return out
 
 
