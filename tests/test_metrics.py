@@ -105,3 +105,53 @@ def test_diversity_hand_built_spread():
 def test_occupancy_clips_out_of_range_into_edge_bins():
     v = np.array([[-0.1], [0.0], [1.0], [1.2]])
     assert occupancy(v, 0.0, 1.0)[0] == pytest.approx(2 / 16)
+
+
+# --------------------------------------------------------------------------------- hand/object geometry (synthetic)
+@pytest.fixture(scope="module")
+def palm_on_cube(tmp_path_factory):
+    """A 20 cm cube at the origin and the hand (R = I, q = 0) whose palm sinks 2 mm into its +y face."""
+    import trimesh
+
+    from dgtr.hand import get_hand
+    from dgtr.objects import load_object
+
+    f = tmp_path_factory.mktemp("cube") / "cube.obj"
+    trimesh.creation.box((0.2, 0.2, 0.2)).export(f)
+    hand = get_hand(dtype=torch.float64)
+    palm = hand.primitives[0]  # the big palm box: its -y face is the palm surface
+    assert palm.kind == "box" and palm.link == hand.link_names[0]
+    t = torch.tensor([[0.0, 0.1 + palm.size[1] - palm.pos[1] - 0.002, 0.0]], dtype=torch.float64)
+    return hand, load_object(f, code="cube"), torch.eye(3, dtype=torch.float64)[None], t, torch.zeros(1, 22,
+                                                                                                       dtype=torch.float64)
+
+
+def test_penetration_depth_palm_on_cube(palm_on_cube):
+    from dgtr.metrics import penetration_depth
+
+    hand, obj, R, t, q = palm_on_cube
+    # the cube's face point under the palm centre is 2 mm deep in the palm box; 1 mm below it, 1 mm deep
+    palm = hand.primitives[0]
+    face = torch.tensor([[palm.pos[0], 0.1, palm.pos[2]]], dtype=torch.float64)  # (P=1, 3)
+    assert penetration_depth(hand, face, R, t, q)[0] == pytest.approx(0.002, abs=1e-9)
+    assert penetration_depth(hand, face - torch.tensor([0, 0.001, 0]), R, t, q)[0] == pytest.approx(0.001, abs=1e-9)
+    # (the thumb at q = 0 hangs ~1 cm below the palm plane, so the surface samples penetrate deeper)
+    pts = torch.as_tensor(obj.sample_points(4096, seed=0), dtype=torch.float64)
+    assert 0.002 < penetration_depth(hand, pts, R, t, q)[0] < 0.02
+    far = t + torch.tensor([[0.0, 0.05, 0.0]], dtype=torch.float64)
+    assert penetration_depth(hand, pts, R, far, q)[0] == 0.0
+
+
+def test_link_contacts_palm_on_cube(palm_on_cube):
+    from dgtr.metrics import link_contacts
+
+    hand, obj, R, t, q = palm_on_cube
+    (c, n), = link_contacts(hand, obj, R, t, q)
+    assert len(c) >= 1
+    # every accepted contact lies on the cube surface with an axis-aligned outward normal; the palm's is +y
+    np.testing.assert_allclose(np.abs(c).max(1), 0.1, atol=1e-6)
+    np.testing.assert_allclose(np.abs(n).max(1), 1.0, atol=1e-6)
+    assert any(np.allclose(ni, [0, 1, 0]) and ci[1] == pytest.approx(0.1) for ci, ni in zip(c, n))
+    # moved 2 cm away, nothing is within 1 cm
+    (c2, _), = link_contacts(hand, obj, R, t + torch.tensor([[0.0, 0.03, 0.0]], dtype=torch.float64), q)
+    assert len(c2) == 0
