@@ -20,7 +20,8 @@ loaded ("unit") scale and shared by every :meth:`ObjectModel.with_scale` copy (`
 
 - nodes: box = bounding box padded by 15% of its longest side, ``GRID_CELLS`` = 128 cells along that side
   (h = 2.4-2.9 mm for a DexGraspNet object at scale 0.15, 1.6-1.9 mm at 0.10);
-- a band of nodes within ~5 h of the surface gets exact values (:meth:`_Geometry.closest`: k-d tree of union-surface
+- a band of nodes (within 5 cells of a cell holding a surface sample: every node within ~2 h of the surface, most
+  within 5 h) gets exact values (:meth:`_Geometry.closest`: k-d tree of union-surface
   samples, exact closest points on candidate triangles); every other node takes the exact closest surface point of
   its nearest band node (Euclidean distance transform), so its value is a true distance to a surface point, and its
   sign from one half-space test per connected region of non-band nodes (the band separates inside from outside);
@@ -30,11 +31,12 @@ loaded ("unit") scale and shared by every :meth:`ObjectModel.with_scale` copy (`
 - points outside the box: ``|p - c|`` with ``c`` the surface point the grid gives for the nearest box point (an upper
   bound, close to exact that far out).
 
-Measured (``benchmarks/bench_objects.py``) on the three real DexGraspNet meshes at scale 0.15, 2000 points within
-2 cm of the surface, against brute-force exact distance: abs. error median 0.000-0.014 mm, 95th percentile
-0.14-0.22 mm, max 1.05-1.2 mm (largest next to sharp edges, where the distance field bends within a cell); no wrong
-sign for points > 2 mm from the surface. Speed, one thread of a 2-core CPU shared with other jobs (best of 5):
-1e5 points 40-72 ms, 4096 points ~1-2 ms; building the grid takes 1-4.3 s of CPU per object (mug: 27 pieces).
+Measured (``benchmarks/bench_objects.py``) on the three real DexGraspNet meshes, 2000 points within 2 cm of the
+surface, against brute-force exact distance, at scale 0.15 (0.10): abs. error median 0.000-0.014 mm, 95th percentile
+0.14-0.22 mm (0.10-0.16), max 1.05-1.2 mm (0.42-0.73), the largest next to sharp edges where the distance field bends
+within a cell; no wrong sign for points > 2 mm from the surface. Speed on one thread of a 2-core CPU shared with other
+jobs (best of 5): 1e5 points 27-80 ms, 4096 points 0.6-2 ms; building the grid 1-4 CPU-seconds per object (mug, 27
+pieces: 4 s; pb_lego, 83 pieces: ~6 s). The exact methods below take ~0.1 ms per point, ~3 ms per call of 20 points.
 Limits: a wall thinner than ~2 h reads as outside on the grid (``contains`` stays exact); far from the surface
 (> 10 cm) the k-d queries of the exact methods slow down.
 
@@ -46,8 +48,9 @@ Loading
 -------
 :func:`load_object` reads obj/stl/ply/off. Every OBJ object/group and every connected component is a candidate piece.
 A component whose convex hull adds < 3% volume (or, for open surfaces, whose hull surface stays within 2% of the
-diagonal from it) is replaced by its hull; the rest are decomposed with CoACD (~40 s for the pybullet mug on an idle
-CPU; cached under ``$DGTR_CACHE_DIR/coacd/<sha1>.obj``, default ``~/.cache/dgtr``).
+diagonal from it) is replaced by its hull; the rest are decomposed with CoACD (the pybullet mug: ~40 s on an idle CPU
+(DESIGN.md §8), 5 min on a loaded 2-core one; cached under ``$DGTR_CACHE_DIR/coacd/<sha1>.obj``, default
+``~/.cache/dgtr``).
 """
 from __future__ import annotations
 
@@ -74,8 +77,8 @@ __all__ = ["ObjectModel", "load_object", "load_from_source", "normalize_mesh", "
 MESH_EXTENSIONS = (".obj", ".stl", ".ply", ".off")
 GRID_CELLS = 128          # grid cells along the longest side of the padded box
 GRID_PAD = 0.15           # box padding, fraction of the longest side of the object
-GRID_BAND = 5            # nodes within this many cells of a surface-sample cell get exact values
-SAMPLE_SPACING = 0.5      # k-d tree surface samples per grid cell h (spacing in units of h)
+GRID_BAND = 5             # nodes within this many cells of a surface-sample cell get exact values
+SAMPLE_SPACING = 0.5      # spacing of the k-d tree's surface samples, in grid cells
 COACD_THRESHOLD = 0.08    # CoACD concavity threshold (DESIGN.md §8: pybullet mug -> ~20 pieces in ~40 s)
 
 
