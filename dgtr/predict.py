@@ -184,6 +184,8 @@ def load(checkpoint="default", device="cpu") -> Predictor:
                                    "`dgtr train` and pass its RUN/checkpoint.pt")
     else:
         path = Path(checkpoint)
+    if str(device) != "cpu" and not str(device).startswith("cuda"):
+        raise InputError(f"device: expected cpu or cuda, got {device!r}")
     if str(device).startswith("cuda") and not torch.cuda.is_available():
         raise InputError("device cuda: no CUDA device is available (use cpu)")
     ck = read_checkpoint(path)

@@ -125,6 +125,9 @@ def test_bad_input(trained, tmp_path):
         dgtr.load(other)
     with pytest.raises(MissingFileError):
         dgtr.load(tmp_path / "missing.pt")
+    if not torch.cuda.is_available():
+        with pytest.raises(InputError, match="CUDA"):
+            dgtr.load(ckpt, device="cuda")
     out = str(tmp_path / "o")
     assert cli_main(["predict", "--checkpoint", str(corrupt), "--mesh", str(duck()), "--out", out]) == 2
     np.save(tmp_path / "few.npy", np.zeros((10, 3)))

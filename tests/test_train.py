@@ -214,3 +214,6 @@ def test_bad_inputs(dataset, tmp_path):
         train(other, dataset, run, resume=True)
     assert cli_main(["train", "--data", str(dataset), "--out", str(run), "--resume", "model.d_model=32"]) == 2
     assert cli_main(["train", "--data", str(tmp_path / "nope"), "--out", str(tmp_path / "r7")]) == 2
+    if not torch.cuda.is_available():
+        with pytest.raises(InputError, match="CUDA"):
+            train(cfg, dataset, tmp_path / "r8", device="cuda")
