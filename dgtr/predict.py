@@ -280,7 +280,8 @@ def add_predict_args(p: argparse.ArgumentParser) -> None:
     src.add_argument("--meshes", help="folder of meshes: DexGraspNet meshdata (<code>/coacd/decomposed.obj) or "
                                       "<code>.obj|stl|ply|off")
     p.add_argument("--objects", help="with --meshes: comma-separated codes to predict (default: all)")
-    p.add_argument("--scale", type=float, nargs="+", default=[1.0], help="object scale(s) (default 1: as loaded)")
+    p.add_argument("--scale", type=float, nargs="+", action="extend", default=None,
+                   help="object scale(s): --scale 0.06 0.1 or repeated (default 1: the mesh as loaded, in metres)")
     p.add_argument("--tta", action=argparse.BooleanOptionalAction, default=True, help="AB-TTA refinement (default on)")
     p.add_argument("--top-k", type=int, default=None, help="DGTR*: keep the best K grasps (e.g. 4)")
     p.add_argument("--out", required=True, help="output folder")
@@ -333,6 +334,7 @@ def run_predict(args) -> int:
 
     if args.top_k is not None and args.top_k < 1:
         raise InputError(f"--top-k: expected a positive number, got {args.top_k}")
+    scales = args.scale or [1.0]
     objects = _objects_from_args(args)
     predictor = load(args.checkpoint, args.device)
     _tta_overrides(predictor, args.overrides)
@@ -346,7 +348,7 @@ def run_predict(args) -> int:
         else:
             base = _check_cloud(cloud, str(path))
         sets = []
-        for s in args.scale:
+        for s in scales:
             t0 = time.perf_counter()
             pts, obj, _ = predictor.prepare(base, s, code)
             g = predictor.predict_points(pts, obj, s, code, tta=args.tta, top_k=args.top_k)
@@ -358,7 +360,7 @@ def run_predict(args) -> int:
                 print(f"  {i:>3} {g.extra['penetration'][i] * 1e3:9.2f} {int(g.extra['links_in_contact'][i]):10d} "
                       f"{int(g.extra['contact_points'][i]):11d}")
             if not args.no_pictures:
-                stem = code if len(args.scale) == 1 else f"{code}_s{s:g}"
+                stem = code if len(scales) == 1 else f"{code}_s{s:g}"
                 title = f"{code} × {s:g}"
                 write_html(out / f"{stem}.html", g, predictor.cpu_hand, mesh=obj.mesh if obj is not None else None,
                            points=pts.numpy(), title=title)

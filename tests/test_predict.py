@@ -59,7 +59,7 @@ def test_cli_folder_scales_topk_and_point_cloud(trained, tmp_path):
     data, ckpt = trained
     out = tmp_path / "out"
     assert cli_main(["predict", "--checkpoint", str(ckpt), "--meshes", str(data / "meshdata"), "--objects", "box_a",
-                     "--scale", "0.08", "0.1", "--top-k", "4", "--no-tta", "--out", str(out)]) == 0
+                     "--scale", "0.08", "--scale", "0.1", "--top-k", "4", "--no-tta", "--out", str(out)]) == 0
     g = load_grasps(out / "box_a.npy")
     assert len(g) == 8 and sorted(g.scales()) == pytest.approx([0.08, 0.1])
     for s in (0.08, 0.1):  # DGTR* order: contact points descending, then penetration ascending
