@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import importlib.util
 import sys
 
 from . import __version__
@@ -19,26 +18,25 @@ COMMANDS = {
 }
 
 
-def _available(name: str) -> bool:
-    return importlib.util.find_spec(COMMANDS[name][0]) is not None
-
-
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """All subcommands are listed; only ``command``'s module is imported (a broken optional module cannot take the
+    others down, and ``dgtr --help`` stays fast)."""
     parser = argparse.ArgumentParser(prog="dgtr", description="Dexterous Grasp Transformer (CVPR 2024), CPU-first.")
     parser.add_argument("--version", action="version", version=f"dgtr {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (modname, help_) in COMMANDS.items():
-        if not _available(name):
-            continue
-        mod = importlib.import_module(modname)
         p = sub.add_parser(name, help=help_, description=help_)
-        getattr(mod, f"add_{name}_args")(p)
-        p.set_defaults(_run=getattr(mod, f"run_{name}"))
+        if name == command:
+            mod = importlib.import_module(modname)
+            getattr(mod, f"add_{name}_args")(p)
+            p.set_defaults(_run=getattr(mod, f"run_{name}"))
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    command = next((a for a in argv if not a.startswith("-")), None)
+    parser = build_parser(command if command in COMMANDS else None)
     args = parser.parse_args(argv)
     if not getattr(args, "_run", None):
         parser.print_help()
