@@ -57,12 +57,15 @@ def friction_cone_wrenches(contacts: np.ndarray, normals: np.ndarray, mu: float 
 
 
 def q1_from_contacts(contacts: np.ndarray, normals: np.ndarray, mu: float = MU, n_edges: int = N_EDGES,
-                     torque_scale: float = TORQUE_SCALE) -> float:
+                     torque_scale: float = TORQUE_SCALE, joggle_fallback: bool = True) -> float:
     """Q1 of point contacts (K, 3) with outward normals (K, 3): distance from the wrench-space origin to the nearest
     facet of the convex hull of the cone wrenches plus the zero wrench, capped at 1.
 
     0 when the grasp is not force-closed (origin on the hull boundary: the zero wrench is a hull point, so this is
-    the only other case) or when Qhull fails (too few contacts make a flat, degenerate hull).
+    the only other case) or when the wrenches do not span 6-D (too few contacts: a flat hull, Qhull fails).
+    Qhull also fails on some full-rank sets of ~100+ nearly coplanar 6-D points ("wide merge due to dupridge"); with
+    ``joggle_fallback`` those are retried with joggled input (``QJ``) instead of scoring 0 as DexGraspNet's code did,
+    which zeroes 1.1 % of the real grasps (8 of 700) for reasons unrelated to the grasp (docs/evaluation.md).
     """
     if len(np.asarray(contacts).reshape(-1, 3)) == 0:
         return 0.0
@@ -70,10 +73,14 @@ def q1_from_contacts(contacts: np.ndarray, normals: np.ndarray, mu: float = MU, 
     try:
         hull = ConvexHull(w)
     except (QhullError, ValueError):
-        return 0.0
+        if not joggle_fallback or np.linalg.matrix_rank(w, tol=1e-9) < 6:
+            return 0.0
+        try:
+            hull = ConvexHull(w, qhull_options="QJ")
+        except (QhullError, ValueError):
+            return 0.0
     # equations: a·x + b <= 0 inside, |a| = 1, so the origin's distance to each facet plane is -b
-    dist = -hull.equations[:, -1]
-    q = float(dist.min())
+    q = float((-hull.equations[:, -1]).min())
     return min(q, 1.0) if q > 1e-9 else 0.0
 
 
