@@ -60,7 +60,7 @@ class InitConfig:
 @dataclass
 class EnergyConfig:
     n_contacts: int = 4
-    pen_points: int = 1000         # E_pen object samples at scale 0.10 (∝ scale² else); energy per 2000 points
+    pen_points: int = 2000         # E_pen object samples at scale 0.10 (∝ scale² else); energy per 2000 points
     w_dis: float = 100.0
     w_pen: float = 100.0
     w_spen: float = 10.0
@@ -69,25 +69,26 @@ class EnergyConfig:
 
 @dataclass
 class AnnealConfig:
-    """DexGraspNet's schedule (step 0.005·0.95^⌊k/50⌋, temperature 18·0.95^⌊k/30⌋ over 6000 steps) compressed to
-    ``steps``: the decay intervals scale with steps/6000, so the schedule ends where DexGraspNet's does."""
-    steps: int = 1000
+    """DexGraspNet's schedule (step 0.005·0.95^⌊k/50⌋, temperature 18·0.95^⌊k/30⌋, k < 6000), of which the first
+    ``schedule_steps`` are compressed into ``steps``: the decay intervals shrink by steps / schedule_steps."""
+    steps: int = 600
+    schedule_steps: int = 3000       # DexGraspNet steps covered (final step 2.3e-4, temperature 0.11 at 3000)
     step_size: float = 0.005
     step_decay: float = 0.95
-    step_decay_every: float = 50.0   # in DexGraspNet steps (of 6000)
+    step_decay_every: float = 50.0   # in DexGraspNet steps
     temperature: float = 18.0
     temp_decay: float = 0.95
-    temp_decay_every: float = 30.0   # in DexGraspNet steps (of 6000)
-    switch_prob: float = 0.5         # each contact index is resampled with this probability per proposal
+    temp_decay_every: float = 30.0   # in DexGraspNet steps
+    switch_prob: float = 0.1         # each contact index is resampled with this probability per proposal (DGN 0.5)
     rmsprop_mu: float = 0.98
 
 
 @dataclass
 class ValidateConfig:
     pen_points: int = 4096           # object surface samples for the penetration gate (as the evaluator's Pen.)
-    pen_threshold: float = 0.002     # m: max depth of object points into the hand
+    pen_threshold: float = 0.0015    # m: max depth of object points into the hand
     spen_threshold: float = 0.02     # self-penetration energy (real DexGraspNet grasps: 90% below 0.02)
-    dis_threshold: float = 0.02      # m: sum |object sdf| at the 4 contacts; hands this far off rarely hold (saves sim)
+    dis_threshold: float = 0.05      # m: sum |object sdf| at the 4 contacts; farther hands rarely hold (saves sim)
     simulate: bool = True
     sim_timestep: float = 1 / 600    # dgtr.simulate default (DESIGN.md §6)
 
@@ -354,7 +355,7 @@ def anneal(energy: Energy, pose: torch.Tensor, n_candidates: int, cfg: AnnealCon
 
     E, parts, grad = evaluate(pose, idx)
     sq = torch.zeros_like(pose)
-    ratio = cfg.steps / 6000.0
+    ratio = cfg.steps / cfg.schedule_steps
     history = [(0, float(E.mean()), 1.0, {n: float(v.mean()) for n, v in parts.items()})]
     n_acc = torch.zeros((), device=dev)
     for k in range(cfg.steps):
@@ -465,6 +466,23 @@ def prepare_mesh(code: str, path: Path, out: Path, normalize: bool):
     return load_object(dst, code=code, decompose=False), norm
 
 
+def _round_sizes(stats: dict, cfg: SynthConfig) -> dict[float, int]:
+    """Hands to optimise per scale in the next round: ``hands_per_scale`` at first; later only for scales short of
+    ``grasps_per_scale``, sized by the yield seen so far (×1.25 margin, at least 8, at most ``hands_per_scale``)."""
+    sizes = {}
+    for s in cfg.scales:
+        st = stats[f"{s:g}"]
+        short = cfg.grasps_per_scale - st["kept"]
+        if short <= 0:
+            continue
+        if st["optimised"] == 0:
+            sizes[s] = cfg.hands_per_scale
+        else:
+            y = max(st["kept"] / st["optimised"], 0.05)
+            sizes[s] = int(min(cfg.hands_per_scale, max(8, math.ceil(1.25 * short / y))))
+    return sizes
+
+
 def synth_object(code: str, path: str, out: str, cfg: SynthConfig, device: str = "cpu",
                  record_every: int = 0) -> dict:
     """Synthesise and validate grasps of one object; write its grasp file, mesh and done marker.
@@ -475,7 +493,7 @@ def synth_object(code: str, path: str, out: str, cfg: SynthConfig, device: str =
     from .data import GraspSet, save_grasps
     from .hand import get_hand
 
-    t0 = time.time()
+    t0, c0 = time.time(), time.process_time()
     out = Path(out)
     hand = get_hand(device)
     obj, norm = prepare_mesh(code, Path(path), out, cfg.normalize)
@@ -487,11 +505,12 @@ def synth_object(code: str, path: str, out: str, cfg: SynthConfig, device: str =
     kept, history = [], []
     timing = {"optimise": 0.0, "validate": 0.0}
     for rnd in range(cfg.max_rounds):
-        todo = [s for s in cfg.scales if stats[f"{s:g}"]["kept"] < cfg.grasps_per_scale]
+        sizes = _round_sizes(stats, cfg)
+        todo = list(sizes)
         if not todo:
             break
         rseed = seed + 1000 * rnd
-        s_np = np.repeat(np.asarray(todo, dtype=np.float64), cfg.hands_per_scale)  # exact scales, for grouping
+        s_np = np.repeat(np.asarray(todo, dtype=np.float64), list(sizes.values()))  # exact scales, for grouping
         scales = torch.as_tensor(s_np, dtype=hand.dtype, device=hand.device)
         t1 = time.time()
         pose = initial_poses(hand, hull, scales, cfg.init, rseed)
@@ -522,6 +541,7 @@ def synth_object(code: str, path: str, out: str, cfg: SynthConfig, device: str =
     record = dict(code=code, source_path=str(path), n_pieces=len(obj.pieces), normalization=norm, seed=seed,
                   device=str(device), per_scale=stats, optimised=n_opt, kept=len(grasps),
                   yield_=len(grasps) / max(n_opt, 1), seconds=round(time.time() - t0, 2),
+                  cpu_seconds=round(time.process_time() - c0, 2),
                   seconds_optimise=round(timing["optimise"], 2), seconds_validate=round(timing["validate"], 2))
     _write_text_atomic(out / "done" / f"{code}.json", json.dumps(record, indent=1))
     if record_every:
@@ -683,13 +703,14 @@ def run_synth(args) -> int:
     failed = []
     bar = tqdm(total=len(todo), unit="obj", disable=args.quiet or not todo, file=sys.stderr)
 
-    def done(code, fut_or_rec):
+    def report(code, get):
+        """Log one finished object; a failure is logged and retried on the next run, not fatal to a long run."""
         try:
-            rec = fut_or_rec.result() if hasattr(fut_or_rec, "result") else fut_or_rec
-            bar.write(_fmt_record(rec), file=sys.stderr)
-        except Exception as e:  # one bad mesh must not stop a long run; it is retried on the next run
-            if isinstance(e, KeyboardInterrupt):
-                raise
+            bar.write(_fmt_record(get()), file=sys.stderr)
+        except DgtrError as e:
+            failed.append(code)
+            bar.write(f"{code}: FAILED ({e})", file=sys.stderr)
+        except Exception as e:  # a bug or a mesh no module anticipated: keep the traceback's last line
             failed.append(code)
             bar.write(f"{code}: FAILED ({type(e).__name__}: {e})", file=sys.stderr)
         bar.update(1)
@@ -697,14 +718,7 @@ def run_synth(args) -> int:
     try:
         if args.workers == 1:
             for code, path in todo.items():
-                try:
-                    rec = synth_object(code, path, str(out), cfg, args.device)
-                except DgtrError as e:
-                    failed.append(code)
-                    bar.write(f"{code}: FAILED ({e})", file=sys.stderr)
-                    bar.update(1)
-                    continue
-                done(code, rec)
+                report(code, lambda: synth_object(code, path, str(out), cfg, args.device))
         else:
             import multiprocessing as mp
 
@@ -712,7 +726,7 @@ def run_synth(args) -> int:
             with ProcessPoolExecutor(args.workers, mp_context=mp.get_context("spawn"), initializer=_worker_init) as ex:
                 futs = {ex.submit(synth_object, c, p, str(out), cfg, args.device): c for c, p in todo.items()}
                 for f in as_completed(futs):
-                    done(futs[f], f)
+                    report(futs[f], f.result)
     finally:
         bar.close()
         m = write_manifest(out, cfg, args.source)

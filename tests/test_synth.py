@@ -1,0 +1,168 @@
+"""dgtr synth: geometry pieces, optimisation, validation, output layout, resume, sharding, errors (tiny runs)."""
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from dgtr import cli, config, synth
+from dgtr.data import load_grasps
+from dgtr.errors import InputError, MissingFileError
+from dgtr.hand import get_hand
+from dgtr.objects import load_object
+
+REPO = Path(__file__).resolve().parents[1]
+# tiny settings: 2 scales, 2 hands each, a short schedule, every gate open and no simulation, so grasps are kept
+TINY = ["hands_per_scale=2", "max_rounds=1", "anneal.steps=20", "energy.pen_points=200", "validate.pen_points=256",
+        "validate.pen_threshold=1", "validate.spen_threshold=100", "validate.dis_threshold=100",
+        "validate.simulate=false"]
+
+
+def _synth(out, *extra, objects="pb_cube"):
+    argv = ["synth", "--source", "pybullet:named", "--objects", objects, "--out", str(out), "--scales", "0.08,0.12",
+            "--quiet", *TINY, *extra]
+    return cli.main(argv)
+
+
+@pytest.fixture(scope="module")
+def cube():
+    from dgtr.objects import list_objects
+
+    obj = load_object(list_objects("pybullet:named")["pb_cube"], code="pb_cube")
+    return obj
+
+
+def test_config_file_matches_defaults():
+    assert config.to_dict(config.load(synth.SynthConfig, REPO / "configs" / "synth.yaml")) == \
+        config.to_dict(synth.SynthConfig())
+
+
+def test_piece_sdf_signs(cube):
+    sdf = synth.PieceSDF(cube.pieces)
+    lo, hi = cube.bounds
+    c = torch.tensor((lo + hi) / 2, dtype=torch.float32)
+    half = float((hi - lo).min() / 2)
+    x = torch.stack([c, c + torch.tensor([0, 0, half + 0.1])])[None]
+    d, n = sdf(x, torch.ones(1))
+    assert d[0, 0] == pytest.approx(-half, rel=1e-4)
+    assert d[0, 1] == pytest.approx(0.1, rel=1e-4)
+    assert torch.allclose(n[0, 1], torch.tensor([0.0, 0, 1]), atol=1e-5)
+
+
+def test_penetration_matches_hand_sdf(cube):
+    """Culled E_pen = Σ relu(hand sdf) over the points, value and gradient."""
+    hand = get_hand()
+    obj = cube
+    scales = np.array([0.08, 0.08, 0.12])
+    groups = synth.object_points(obj, scales, synth.EnergyConfig(pen_points=300), 0, "cpu", torch.float32)
+    hull = __import__("trimesh").Trimesh(np.concatenate([p.vertices for p in obj.pieces])).convex_hull
+    pose = synth.initial_poses(hand, hull, torch.as_tensor(scales, dtype=torch.float32),
+                               synth.InitConfig(distance_lower=-0.03, distance_upper=0.0), 0)  # pushed into the object
+    pen = synth.HandPenetration(hand)
+
+    def culled(p):
+        return pen(*synth.split_pose(p), groups)
+
+    def dense(p):
+        R, t, q = synth.split_pose(p)
+        out = []
+        for hands, pts in groups:
+            out.append(hand.signed_distance(R[hands], t[hands], q[hands], pts.expand(len(hands), -1, -1))
+                       .clamp_min(0).sum(1))
+        order = torch.cat([h for h, _ in groups])
+        return torch.cat(out)[torch.argsort(order)]
+
+    p1, p2 = pose.clone().requires_grad_(), pose.clone().requires_grad_()
+    e1, e2 = culled(p1), dense(p2)
+    assert float(e2.detach().min()) > 0, "test poses should penetrate"
+    assert torch.allclose(e1, e2, rtol=1e-4, atol=1e-6)
+    g1, = torch.autograd.grad(e1.sum(), p1)
+    g2, = torch.autograd.grad(e2.sum(), p2)
+    assert torch.allclose(g1, g2, rtol=1e-3, atol=1e-3 * float(g2.abs().max()))
+
+
+def test_energy_decreases(cube):
+    hand = get_hand()
+    cfg = synth.SynthConfig()
+    scales_np = np.repeat([0.08, 0.12], 6)
+    scales = torch.as_tensor(scales_np, dtype=torch.float32)
+    hull = __import__("trimesh").Trimesh(np.concatenate([p.vertices for p in cube.pieces])).convex_hull
+    pose = synth.initial_poses(hand, hull, scales, cfg.init, 0)
+    energy = synth.Energy(hand, synth.PieceSDF(cube.pieces),
+                          synth.object_points(cube, scales_np, cfg.energy, 0, "cpu", torch.float32), scales, cfg.energy)
+    acfg = synth.AnnealConfig(steps=60)
+    _, idx, parts, hist = synth.anneal(energy, pose, hand.contact_link_index.shape[0], acfg, 4, 0, record_every=20)
+    means = [h[1] for h in hist]
+    assert [h[0] for h in hist] == [0, 20, 40, 60]
+    assert means[-1] < 0.5 * means[0], means
+    assert idx.shape == (12, 4) and set(parts) == set(synth.ENERGY_NAMES)
+
+
+def test_validate_runs_simulation(cube):
+    """The simulation gate fills the per-grasp outcome (a hand far from the object fails, never raises)."""
+    hand = get_hand()
+    scales = np.array([0.1, 0.1])
+    hull = __import__("trimesh").Trimesh(np.concatenate([p.vertices for p in cube.pieces])).convex_hull
+    pose = synth.initial_poses(hand, hull, torch.as_tensor(scales, dtype=torch.float32), synth.InitConfig(), 0)
+    parts = {n: torch.zeros(2) for n in synth.ENERGY_NAMES}
+    cfg = synth.ValidateConfig(pen_points=256, pen_threshold=1, spen_threshold=100, dis_threshold=100)
+    res = synth.validate(hand, cube, pose, scales, parts, cfg, 0)
+    assert res["sim_displacement"].shape == (2, 6) and np.isfinite(res["sim_displacement"]).all()
+    assert not res["keep"].any()  # open hands 3-8 cm away hold nothing
+    assert res["R"].shape == (2, 3, 3) and res["q"].shape == (2, 22)
+
+
+def test_tiny_run_layout_and_resume(tmp_path, monkeypatch):
+    out = tmp_path / "synth"
+    assert _synth(out) == 0
+    g = load_grasps(out / "dataset" / "pb_cube.npy")
+    assert len(g) == 4 and sorted(round(s, 4) for s in g.scales()) == [0.08, 0.12]
+    assert set(synth.ENERGY_NAMES) <= set(g.extra) and "pen_depth" in g.extra
+    # the stored mesh is the normalised unit mesh (DexGraspNet): bbox-centred, max radius 1/1.03
+    mesh = out / "meshdata" / "pb_cube" / "coacd" / "decomposed.obj"
+    obj = load_object(mesh)
+    v = np.concatenate([p.vertices for p in obj.pieces])
+    assert np.allclose(v.min(0) + v.max(0), 0, atol=1e-6)
+    assert np.linalg.norm(v, axis=1).max() == pytest.approx(1 / 1.03, rel=1e-6)
+    man = json.loads((out / "manifest.json").read_text())
+    assert man["objects"]["pb_cube"]["kept"] == 4 and man["totals"]["grasps"] == 4
+    assert json.loads((out / "splits.json").read_text()) == {"train": [], "val": [], "test": ["pb_cube"]}
+
+    # resume: a second run does no work
+    def boom(*a, **k):
+        raise AssertionError("finished object synthesised again")
+
+    monkeypatch.setattr(synth, "synth_object", boom)
+    assert _synth(out) == 0
+    # the same folder with another config is refused
+    assert _synth(out, "anneal.steps=21") == 2
+
+
+def test_shard_partitions_objects():
+    full = list(synth.select_objects(["pybullet:random"], limit=10))
+    parts = [list(synth.select_objects(["pybullet:random"], limit=10, shard=f"{k}/3")) for k in (1, 2, 3)]
+    assert sorted(sum(parts, [])) == sorted(full) and sum(map(len, parts)) == len(full)
+    assert all(set(a).isdisjoint(b) for i, a in enumerate(parts) for b in parts[i + 1:])
+    for bad in ("0/3", "4/3", "x", "1/0"):
+        with pytest.raises(InputError):
+            synth.select_objects(["pybullet:random"], limit=3, shard=bad)
+
+
+def test_splits():
+    assert synth.split_of("pb_mug", 10) == "test"
+    assert synth.split_of("pb_random_009", 10) == "val"
+    assert synth.split_of("pb_random_010", 10) == "train"
+    codes = [f"pb_random_{i:03d}" for i in range(150)]
+    assert sum(synth.split_of(c, 10) == "val" for c in codes) == 15
+
+
+def test_bad_source(tmp_path, capsys):
+    with pytest.raises(MissingFileError):
+        synth.select_objects([str(tmp_path / "nope")])
+    with pytest.raises(InputError):
+        synth.select_objects(["pybullet:bogus"])
+    with pytest.raises(InputError):
+        synth.select_objects(["pybullet:named"], objects="not_an_object")
+    assert cli.main(["synth", "--source", str(tmp_path / "nope"), "--out", str(tmp_path / "o")]) == 2
+    assert "object source not found" in capsys.readouterr().err
