@@ -5,9 +5,9 @@ GRASP_DIR holds DexGraspNet grasp files ``<code>.npy`` (or a ``dataset/`` folder
 scale and farmed out to ``--workers`` processes; each chunk is computed the same way whichever process runs it, so
 results depend only on the inputs and ``--seed`` (which fixes the object surface samples of the Pen. metric).
 
-Output (JSON, written atomically): ``overall`` and per-object means and counts, per-grasp values, the list of grasps
-whose simulation failed to run (non-finite, unstable), and the configuration. Units: Pen. in cm; η_np, η_tb, success
-and δ in %; Q1 unitless.
+Output (JSON, written atomically): ``overall`` and per-object means and counts, per-grasp values, the grasps that
+could not be scored or simulated (``errors``: non-finite, unstable) and the configuration. Units: Pen. in cm;
+η_np, η_tb, success and δ in %; Q1 unitless. See docs/evaluation.md.
 """
 from __future__ import annotations
 
@@ -32,7 +32,8 @@ SCALE_ATOL = 1e-4    # DexGraspNet stores scales as float32
 
 
 # ------------------------------------------------------------------------------------------------ per-chunk work
-_CACHE: dict = {}    # per process: mesh path -> loaded object, its unit-scale surface samples, scaled copies, simulators
+# per process: mesh path -> loaded object, its unit-scale surface samples, scaled copies, simulators
+_CACHE: dict = {}
 
 
 def _object(path: str, code: str, scale: float, seed: int) -> dict:
@@ -175,9 +176,9 @@ def evaluate(grasp_dir, meshes, objects: list[str] | None = None, limit_per_obje
         for members in _scale_groups(scale):
             for s in range(0, len(members), CHUNK):
                 pos = members[s:s + CHUNK]
-                tasks.append({"id": len(tasks), "code": code, "path": str(mesh_files[code]), "scale": float(scale[pos[0]]),
-                              "seed": seed, "rot": rot[pos], "t": t[pos], "q": q[pos], "sim": sim,
-                              "sim_config": dataclasses.asdict(sim_config)})
+                tasks.append({"id": len(tasks), "code": code, "path": str(mesh_files[code]),
+                              "scale": float(scale[pos[0]]), "seed": seed, "rot": rot[pos], "t": t[pos],
+                              "q": q[pos], "sim": sim, "sim_config": dataclasses.asdict(sim_config)})
                 per_object[code]["chunks"].append((len(tasks) - 1, pos))
 
     # ---- run
@@ -206,7 +207,7 @@ def evaluate(grasp_dir, meshes, objects: list[str] | None = None, limit_per_obje
     # ---- gather per object
     hand = get_hand(dtype=torch.float64)
     lower, upper = hand.joint_lower.numpy(), hand.joint_upper.numpy()
-    report_objects = {}
+    report_objects, raw = {}, []
     for code, po in per_object.items():
         n = len(po["index"])
         depth, q1 = np.zeros(n), np.zeros(n)
@@ -221,15 +222,14 @@ def evaluate(grasp_dir, meshes, objects: list[str] | None = None, limit_per_obje
         groups = _diversity_groups(po, group)
         divs = [_diversity(po, gi, lower, upper) for gi in groups]
         report_objects[code] = summarize(depth, q1, succ if sim else None, divs)
-        report_objects[code]["sim_errors"] = {str(k): v for k, v in sorted(errors.items())}
+        report_objects[code]["errors"] = {str(k): v for k, v in sorted(errors.items())}
         report_objects[code]["grasps"] = {
             "index": po["index"].tolist(), "scale": po["scale"].round(6).tolist(),
             "pen_cm": _json_floats(depth * 100), "q1_raw": _json_floats(q1),
             **({"success": succ.astype(int).tolist(), "displacement_cm": _json_floats(disp * 100)} if sim else {}),
         }
-        report_objects[code]["_raw"] = (depth, q1, succ, divs)
+        raw.append((depth, q1, succ, divs))
 
-    raw = [o.pop("_raw") for o in report_objects.values()]
     overall = summarize(np.concatenate([r[0] for r in raw]), np.concatenate([r[1] for r in raw]),
                         np.concatenate([r[2] for r in raw]) if sim else None, [d for r in raw for d in r[3]])
     overall["n_objects"] = len(report_objects)
@@ -304,14 +304,15 @@ def summarize(depth: np.ndarray, q1_raw: np.ndarray, success: np.ndarray | None,
 
 # ---------------------------------------------------------------------------------------------------- printing
 _COLUMNS = [("n", "n", "{:d}"), ("q1", "Q1", "{:.4f}"), ("pen_cm", "Pen.", "{:.3f}"), ("eta_np", "η_np", "{:.2f}"),
-            ("eta_tb", "η_tb", "{:.2f}"), ("success_any", "succ.any", "{:.2f}"), ("success_all6", "succ.all6", "{:.2f}"),
+            ("eta_tb", "η_tb", "{:.2f}"), ("success_any", "succ.any", "{:.2f}"),
+            ("success_all6", "succ.all6", "{:.2f}"),
             ("delta_t", "δt", "{:.2f}"), ("delta_r", "δr", "{:.2f}"), ("delta_q", "δq", "{:.2f}")]
 
 
 def format_table(report: dict) -> str:
     """Paper Table 1 columns, one row per object and one for all grasps (success both any-of-6 and all-6)."""
     rows = [(code, o) for code, o in report["objects"].items()] + [("overall", report["overall"])]
-    width = max(12, min(40, max(len(c) for c, _ in rows)))
+    width = max(12, min(48, max(len(c) for c, _ in rows)))
     head = f"{'object':<{width}}" + "".join(f"{h:>10}" for _, h, _ in _COLUMNS)
     lines = [head, "-" * len(head)]
     for code, o in rows:
@@ -361,7 +362,7 @@ def run_eval(args: argparse.Namespace) -> int:
                       sim_config=SimConfig(**over), progress=not args.quiet)
     write_json_atomic(args.out, report)
     print(format_table(report))
-    errs = sum(len(o["sim_errors"]) for o in report["objects"].values())
+    errs = sum(len(o["errors"]) for o in report["objects"].values())
     print(f"{report['overall']['n']} grasps of {report['overall']['n_objects']} objects in "
-          f"{report['overall']['wall_s']:.1f} s; {errs} failed to simulate or were invalid; report: {args.out}")
+          f"{report['overall']['wall_s']:.1f} s; {errs} invalid or unstable (see 'errors'); report: {args.out}")
     return 0

@@ -11,8 +11,6 @@ occupied; a single grasp occupies 1/16 = 6.25 % of each.
 """
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import torch
 from scipy.spatial import ConvexHull, QhullError

@@ -171,7 +171,7 @@ class GraspSimulator:
         mujoco.mj_forward(m, d)
 
     def squeeze_delta(self) -> np.ndarray:
-        """dq (22,) = -gain · Σ Jᵀ n over hand geoms within ``squeeze_distance`` of the object, at the current state.
+        """dq (22,) = -gain · Σ Jᵀn over hand geoms within ``squeeze_distance`` of the object, at the current state.
 
         n is the outward object normal at the nearest point (MuJoCo's witness segment from object to hand is
         dist · n, also when penetrating) and J the hand point's translational Jacobian.

@@ -52,7 +52,7 @@ def test_cli_synthetic_no_contact_and_nan(tmp_path, capsys):
     o = rep["overall"]
     assert o["n"] == 3 and o["n_invalid"] == 1
     assert o["pen_cm"] == 0 and o["eta_tb"] == 0 and o["success_all6"] == 0 and o["success_any"] == 0
-    assert rep["objects"]["cube"]["sim_errors"] == {"1": "non-finite grasp"}
+    assert rep["objects"]["cube"]["errors"] == {"1": "non-finite grasp"}
     assert rep["objects"]["cube"]["grasps"]["pen_cm"][1] is None
     table = capsys.readouterr().out
     assert "succ.all6" in table and "overall" in table

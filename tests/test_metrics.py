@@ -87,7 +87,8 @@ def test_diversity_single_grasp_is_one_bin():
 
 def test_diversity_hand_built_spread():
     # 8 grasps: translations along 8 distinct Fibonacci directions -> δt = 8/16; Euler x in 8 bins, y in 4 bins,
-    # z in 1 bin -> δr = (8 + 4 + 1) / 48; joints 0..10 in 8 bins, the other 11 in 2 bins -> δq = (11·8 + 11·2)/(22·16)
+    # z in 1 bin -> δr = (8 + 4 + 1) / 48; joints 0..10 in 8 bins, the other 11 in 2 bins
+    # -> δq = (11·8 + 11·2) / (22·16)
     k = np.arange(8)
     centre = lambda lo, hi, b: lo + (b + 0.5) * (hi - lo) / 16  # noqa: E731
     euler = np.column_stack([centre(-np.pi, np.pi, 2 * k), centre(-np.pi / 2, np.pi / 2, 4 + k // 2),
@@ -122,8 +123,8 @@ def palm_on_cube(tmp_path_factory):
     palm = hand.primitives[0]  # the big palm box: its -y face is the palm surface
     assert palm.kind == "box" and palm.link == hand.link_names[0]
     t = torch.tensor([[0.0, 0.1 + palm.size[1] - palm.pos[1] - 0.002, 0.0]], dtype=torch.float64)
-    return hand, load_object(f, code="cube"), torch.eye(3, dtype=torch.float64)[None], t, torch.zeros(1, 22,
-                                                                                                       dtype=torch.float64)
+    R, q = torch.eye(3, dtype=torch.float64)[None], torch.zeros(1, 22, dtype=torch.float64)
+    return hand, load_object(f, code="cube"), R, t, q
 
 
 def test_penetration_depth_palm_on_cube(palm_on_cube):
@@ -159,7 +160,8 @@ def test_link_contacts_palm_on_cube(palm_on_cube):
 
 # 17 link contacts of a real mug grasp (DexGraspNet core-mug-8570d9a8, grasp 6): plain Qhull reports a topology error
 # ("wide merge due to dupridge") although the wrench set has full rank
-_MUG_C = np.array([[0.02404022055525189, -0.05959591233163069, -0.016404940126802606], [-0.017626767284208186,
+_MUG_C = np.array(
+    [[0.02404022055525189, -0.05959591233163069, -0.016404940126802606], [-0.017626767284208186,
     -0.062159206308404095, -0.01693227802631653], [-0.042682278782785486, -0.06190443082703223,
     0.01761616041323681], [-0.042795644717512876, -0.06184788410467155, 0.024125863369429214],
     [0.0070926407468088655, -0.06222490000000001, -0.017597467722746927], [-0.031058687130531296,
@@ -172,7 +174,8 @@ _MUG_C = np.array([[0.02404022055525189, -0.05959591233163069, -0.01640494012680
     -0.06082692911614457, 0.0655555236515118], [0.006330155266278924, -0.015049926788269108,
     -0.06765917661006553], [0.006413833523285327, -0.007573248076819843, -0.06514508852486145],
     [0.005188844397715113, 0.029435115252040046, -0.03142088407400264]])
-_MUG_N = np.array([[0.5365132392579339, -0.44737270480783714, -0.7155495839519989], [-0.2068926109519056, -0.830590145183019,
+_MUG_N = np.array(
+    [[0.5365132392579339, -0.44737270480783714, -0.7155495839519989], [-0.2068926109519056, -0.830590145183019,
     -0.5170255876243988], [-0.4463530258169669, -0.8948569585939632, -0.0], [-0.44635302581698305,
     -0.8948569585939553, 3.974459454823755e-14], [-2.575909780818603e-15, -1.0, -5.151819561637206e-15],
     [1.5924944789621511e-13, -1.0, 7.962472394810756e-14], [-0.6748918043877312, -0.457722622767714,
