@@ -24,7 +24,6 @@ from dgtr.hand import get_hand
 from dgtr.losses import SetCriterion
 from dgtr.model import ModelConfig, build_model
 from dgtr.objects import ObjectModel
-from dgtr.rotations import matrix_from_axis_angle
 from dgtr.train import TrainConfig
 from dgtr.tta import TTAConfig, adapt
 

@@ -507,7 +507,7 @@ class ShadowHand:
         # work in the palm frame: coordinates stay ~0.1 m, which keeps the expanded squared distances accurate
         x = (points.to(t.dtype) - t[:, None]) @ R  # (B,P,3) = R^T (p - t) for each point
         geom = self._primitive_geometry(c, Rl, pl)
-        B, P, G = x.shape[0], x.shape[1], len(self.primitives)
+        B, G = x.shape[0], len(self.primitives)
         # primitives x points layout (B, G, P): per-primitive rows are contiguous, so slicing, concatenating and
         # regrouping them are block copies (concatenating along a short last dim was half the run time)
         xt = x.transpose(1, 2).contiguous()

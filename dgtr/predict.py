@@ -21,13 +21,12 @@ values the pictures are ``<code>_s<scale>.html|png``.
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from .errors import DgtrError, FileFormatError, InputError, MissingFileError
+from .errors import FileFormatError, InputError, MissingFileError
 
 __all__ = ["Predictor", "load", "DEFAULT_CHECKPOINT", "add_predict_args", "run_predict"]
 

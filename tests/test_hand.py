@@ -1,5 +1,4 @@
 """ShadowHand: FK test vectors, batching, rotation representations, gradients, signed distance, real grasps."""
-import contextlib
 import sys
 
 import numpy as np
@@ -307,24 +306,11 @@ def grasp_contact_stats(hand, R, t, q, pts):
     return sd.amax((1, 2)).clamp_min(0), (sd.amax(1) >= -0.005).sum(1)
 
 
-@contextlib.contextmanager
-def one_thread():
-    """On a loaded 2-core runner, OpenMP threads spinning at the barriers of many mid-sized ops made this test
-    5-10x slower with 2 threads than with 1 (measured); it is about numbers, not parallel speed."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(n)
-
-
 def test_real_grasps_touch_without_penetrating(hand, dexgraspnet_dir):
     trimesh = pytest.importorskip("trimesh")
     stats = {"real": [], "R^T": [], "moved back": []}
-    with one_thread():
-        for path in sorted((dexgraspnet_dir / "dataset").glob("*.npy")):
-            real_grasp_stats(hand, dexgraspnet_dir, path, stats, trimesh)
+    for path in sorted((dexgraspnet_dir / "dataset").glob("*.npy")):
+        real_grasp_stats(hand, dexgraspnet_dir, path, stats, trimesh)
     summary = {}
     for name, s in stats.items():
         pen, near = (torch.cat(x) for x in zip(*s))

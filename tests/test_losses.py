@@ -66,15 +66,6 @@ def outputs_from_features(model, h):
     return out
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # these tests run many tiny ops: one thread avoids the heavy thread contention of a busy 2-core machine
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def model():
     torch.manual_seed(0)

@@ -14,15 +14,6 @@ UPPER = torch.tensor([0.349, 1.571, 1.571, 1.571] * 3 + [0.785, 0.349, 1.571, 1.
                      + [1.047, 1.222, 0.209, 0.524, 0.0])
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # many small ops: one thread avoids the heavy thread contention of a busy 2-core machine
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def small_cfg(**kw) -> ModelConfig:
     cfg = ModelConfig(n_points=512, sa_centres=[128, 64, 32], sa_k=[16, 8, 8], sa_mlps=[[16, 32], [32, 64], [64, 64]],
                       proj_hidden=[64], pos_hidden=[32], d_model=64, n_layers=3, n_heads=4, ffn_dim=64,

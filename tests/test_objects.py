@@ -1,5 +1,4 @@
 """dgtr.objects: loading, normalisation, union-of-convex-pieces geometry and the grid SDF against exact references."""
-import warnings
 
 import numpy as np
 import pytest

@@ -1,5 +1,4 @@
 """Inference: `dgtr predict` end to end (mesh, mesh folder, point cloud), the dgtr.load API, DGTR* top-k, bad input."""
-import json
 from pathlib import Path
 
 import numpy as np
@@ -9,19 +8,11 @@ import torch
 import dgtr
 from dgtr.cli import main as cli_main
 from dgtr.data import GraspSet, load_grasps
-from dgtr.errors import DgtrError, FileFormatError, InputError, MissingFileError
+from dgtr.errors import FileFormatError, InputError, MissingFileError
 from dgtr.predict import DEFAULT_CHECKPOINT
 from dgtr.train import train
 
 from test_train import make_dataset, tiny_config
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")

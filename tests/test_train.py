@@ -17,9 +17,8 @@ import trimesh
 from dgtr import config
 from dgtr.cli import main as cli_main
 from dgtr.data import GraspSet, save_grasps
-from dgtr.errors import DgtrError, FileFormatError, InputError, MissingFileError
+from dgtr.errors import FileFormatError, InputError, MissingFileError
 from dgtr.hand import get_hand
-from dgtr.rotations import matrix_from_axis_angle
 from dgtr.train import TrainConfig, entry_key, read_checkpoint, train
 
 REPO = Path(__file__).resolve().parents[1]
@@ -27,15 +26,6 @@ REPO = Path(__file__).resolve().parents[1]
 TINY_MODEL = dict(n_points=256, sa_centres=[64, 32, 16], sa_k=[16, 8, 8], sa_mlps=[[16, 32], [32, 64], [64, 64]],
                   proj_hidden=[64], pos_hidden=[32], d_model=64, n_layers=2, n_heads=4, ffn_dim=64, head_hidden=32,
                   n_queries=8)
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One intra-op thread: on a busy 2-core machine OpenMP's second thread makes small ops ~50x slower."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def tiny_config(**train_kw) -> TrainConfig:

@@ -10,14 +10,6 @@ from dgtr.rotations import matrix_from_axis_angle, quaternion_from_matrix
 from dgtr.tta import TTAConfig, adapt
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def sphere_points(n=2048, r=0.04, seed=1) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(n, 3, generator=g)
