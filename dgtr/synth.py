@@ -167,7 +167,8 @@ def initial_poses(hand, hull, scales: torch.Tensor, cfg: InitConfig, seed: int) 
     for s in np.unique(s_np):
         idx = np.flatnonzero(s_np == s)
         cand, face = trimesh.sample.sample_surface(hull, 20 * len(idx), seed=int(rng.integers(2**31)))
-        pick = fpsample.fps_sampling(np.asarray(cand, dtype=np.float32), len(idx), start_idx=int(rng.integers(len(cand))))
+        start = int(rng.integers(len(cand)))
+        pick = fpsample.fps_sampling(np.asarray(cand, dtype=np.float32), len(idx), start_idx=start)
         p[idx], nrm[idx] = cand[pick] * s, hull.face_normals[face[pick]]
     # approach a: inward normal tilted by a random angle (uniform over the cone's solid angle)
     cos_t = 1 - rng.random(B) * (1 - math.cos(math.radians(cfg.cone_deg)))
@@ -298,7 +299,8 @@ def pen_counts(scales, cfg: "EnergyConfig") -> dict[float, int]:
 class Energy:
     """DexGraspNet's energy of a batch of hands on one object at per-hand scales.
 
-    hand: ShadowHand; sdf: PieceSDF; points: ``object_points`` groups; scales (B,). ``__call__(pose (B, 31), idx (B, n_contacts) long)`` -> (total (B,), {name: (B,)}).
+    hand: ShadowHand; sdf: PieceSDF; points: ``object_points`` groups; scales (B,).
+    ``__call__(pose (B, 31), idx (B, n_contacts) long)`` -> (total (B,), {name: (B,)}).
     E_pen is reported on DexGraspNet's scale (its 2000 points), i.e. Σ relu × 2000 / cfg.pen_points.
     """
 
@@ -326,7 +328,7 @@ class Energy:
 
 
 def object_points(obj, scales: np.ndarray, cfg: EnergyConfig, seed: int, device, dtype) -> list:
-    """E_pen point sets: [(indices of the hands at scale s (b,), ``pen_counts`` samples of the object at s (P, 3) m)]."""
+    """E_pen point sets: [(indices of the hands at scale s (b,), ``pen_counts`` object samples at s (P, 3) m)]."""
     groups = []
     for s, n in pen_counts(np.unique(scales), cfg).items():
         hands = torch.as_tensor(np.flatnonzero(scales == s), device=device)
@@ -388,7 +390,7 @@ def validate(hand, obj, pose: torch.Tensor, scales: np.ndarray, parts: dict, cfg
     """Gate optimised grasps: joints clipped to their limits, then penetration depth, self-penetration, contact
     distance and (optionally) the MuJoCo test, all on the clipped grasp that is stored.
 
-    obj: unit-scale ObjectModel; pose (B, 31); scales (B,) float64 array; parts: energies of the optimiser's final state.
+    obj: unit-scale ObjectModel; pose (B, 31); scales (B,) float64 array; parts: the optimiser's final energies.
     Returns numpy arrays: R (B,3,3), t, q, pen_depth (B,), E_spen_clipped, passed_gates (B,), sim_displacement (B,6)
     (nan where not simulated), success_all6, success_any, keep (B,).
     """
