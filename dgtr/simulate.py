@@ -193,8 +193,11 @@ class GraspSimulator:
             dq -= cfg.squeeze_gain * jacp[:, self.v_adr].T @ n
         return dq
 
-    def run(self, rot, t, q) -> SimResult:
-        """Test grasp rot (3,3), t (3,) m, q (22,) rad under the six gravity directions of the object frame."""
+    def run(self, rot, t, q, stop_on_failure: bool = False) -> SimResult:
+        """Test grasp rot (3,3), t (3,) m, q (22,) rad under the six gravity directions of the object frame.
+
+        ``stop_on_failure``: skip the remaining directions once one fails (they stay failed, displacement inf); the
+        all-six verdict is unchanged, which is all a filter such as ``dgtr synth`` needs."""
         rot, t, q = (np.asarray(x, dtype=np.float64) for x in (rot, t, q))
         fail = SimResult(np.full(6, np.inf), np.zeros(6, dtype=bool))
         if not (np.isfinite(rot).all() and np.isfinite(t).all() and np.isfinite(q).all()):
@@ -222,8 +225,10 @@ class GraspSimulator:
                     break
             if d.warning[mujoco.mjtWarning.mjWARN_BADQACC].number or not np.isfinite(d.qpos).all():
                 errors.append(f"{DIRECTIONS[k]}: unstable simulation")
-                continue
-            disp[k] = np.linalg.norm(d.qpos[self.obj_q:self.obj_q + 3] - obj_pos)
+            else:
+                disp[k] = np.linalg.norm(d.qpos[self.obj_q:self.obj_q + 3] - obj_pos)
+            if stop_on_failure and not disp[k] < cfg.threshold:
+                break
         return SimResult(disp, disp < cfg.threshold, "; ".join(errors) or None)
 
 

@@ -392,7 +392,9 @@ def validate(hand, obj, pose: torch.Tensor, scales: np.ndarray, parts: dict, cfg
 
     obj: unit-scale ObjectModel; pose (B, 31); scales (B,) float64 array; parts: the optimiser's final energies.
     Returns numpy arrays: R (B,3,3), t, q, pen_depth (B,), E_spen_clipped, passed_gates (B,), sim_displacement (B,6)
-    (nan where not simulated), success_all6, success_any, keep (B,).
+    (nan where not simulated; inf for the directions skipped after a grasp's first failed one: the all-six verdict
+    is all a filter needs, so ``success_any`` is a lower bound for rejected grasps), success_all6, success_any,
+    keep (B,).
     """
     from .simulate import GraspSimulator, SimConfig
 
@@ -419,7 +421,7 @@ def validate(hand, obj, pose: torch.Tensor, scales: np.ndarray, parts: dict, cfg
         for s in np.unique(s_np[gates]):
             sim = GraspSimulator(sim_hand, obj.with_scale(float(s)), sim_cfg)
             for i in np.flatnonzero(gates & (s_np == s)):
-                disp[i] = sim.run(R[i], t[i], q[i]).displacement
+                disp[i] = sim.run(R[i], t[i], q[i], stop_on_failure=True).displacement
     ok = disp < SimConfig().threshold  # nan (not simulated) and inf (unstable) compare False
     all6, any6 = ok.all(1), ok.any(1)
     keep = gates & all6 if cfg.simulate else gates

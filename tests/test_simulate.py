@@ -90,6 +90,9 @@ def test_separation_on_real_grasps(dexgraspnet_dir, hand):
             sim = sims.setdefault(s, GraspSimulator(hand, obj.with_scale(s)))
             real.append(sim.run(R[i], t[i], q[i]).success)
             back.append(sim.run(R[i], t[i] + 0.03 * R[i][:, 1], q[i]).success)
+            # stopping at the first failed direction keeps the all-six verdict
+            early = sim.run(R[i], t[i] + 0.03 * R[i][:, 1], q[i], stop_on_failure=True).success
+            assert early.all() == back[-1].all() and not (early & ~back[-1]).any()
     real, back = np.array(real), np.array(back)
     assert real.shape == (18, len(DIRECTIONS))
     assert real.all(1).mean() >= 0.75 and back.all(1).mean() <= 0.35
