@@ -265,3 +265,21 @@ def test_with_real_hand(model):
     same = {k: n[k][None] for k in keys}
     _, logs, _ = SetCriterion(LossConfig(aux=False), hand)(same, gts)
     assert logs["chamfer"] < 1e-8 and logs["trans"] < 1e-10 and logs["rot"] < 1e-6
+
+
+def test_chamfer_subset_keeps_link_shares():
+    hand_mod = pytest.importorskip("dgtr.hand")
+    try:
+        hand = hand_mod.get_hand()
+    except Exception as e:  # assets missing on this machine
+        pytest.skip(f"ShadowHand unavailable: {e}")
+    crit = SetCriterion(LossConfig(chamfer_points=1024), hand)
+    R, t, q = torch.eye(3)[None], torch.zeros(1, 3), hand.joint_lower[None]
+    sub = crit._surface(R, t, q)
+    assert sub.shape == (1, 1024, 3)
+    links = hand.surface_link_index
+    full = torch.bincount(links, minlength=int(links.max()) + 1).double() / links.numel()
+    part = torch.bincount(links[crit._surf_idx], minlength=full.numel()).double() / 1024
+    assert (part - full).abs().max() < 2 / 1024 + 1e-9  # each link's share of the samples is kept
+    assert torch.equal(SetCriterion(LossConfig(chamfer_points=10 ** 6), hand)._surface(R, t, q),
+                       hand.surface_points(R, t, q))
