@@ -154,34 +154,6 @@ def _hand_points(hand, rot, t, q, pts_link, slot, links) -> torch.Tensor:
     return (Ti[..., :3, :3] @ pts_link[None, :, :, None]).squeeze(-1) + Ti[..., :3, 3]
 
 
-def _piece_planes(obj) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    """Per convex piece of the object (at its scale): bounds lo (3,), hi (3,) and unique face planes (F, 4) rows
-    ``[n, o]`` with ``n·x <= o`` inside. Cached on the object."""
-    cache = obj.__dict__.setdefault("_dgtr_cache", {})
-    if "planes" not in cache:
-        out = []
-        for p in obj.pieces:
-            nd = np.c_[p.face_normals, np.einsum("ij,ij->i", p.face_normals, p.triangles[:, 0])]
-            out.append((p.bounds[0], p.bounds[1], np.unique(nd.round(9), axis=0)))
-        cache["planes"] = out
-    return cache["planes"]
-
-
-def _plane_sdf(obj, x: np.ndarray, reach: float) -> np.ndarray:
-    """Cheap signed-distance proxy of a union of convex pieces: min over pieces of the largest face-plane excess.
-
-    Inside a piece it is minus the depth in that piece (>= the union's signed distance); outside it is a lower bound
-    of the distance (exact in face regions). Only pieces whose box grown by ``reach`` holds a point are evaluated:
-    points farther than ``reach`` from every piece get +inf. x (N, 3) -> (N,).
-    """
-    best = np.full(len(x), np.inf)
-    for lo, hi, planes in _piece_planes(obj):
-        idx = np.flatnonzero(np.all((x >= lo - reach) & (x <= hi + reach), axis=1))
-        if len(idx):
-            best[idx] = np.minimum(best[idx], (x[idx] @ planes[:, :3].T - planes[:, 3]).max(1))
-    return best
-
-
 def link_contacts(hand, obj, rot: torch.Tensor, t: torch.Tensor, q: torch.Tensor,
                   threshold: float = CONTACT_THRESHOLD, spacing: float = 0.0025,
                   candidates: int = 4) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -199,7 +171,7 @@ def link_contacts(hand, obj, rot: torch.Tensor, t: torch.Tensor, q: torch.Tensor
     with torch.no_grad():
         x = _hand_points(hand, rot.to(dtype), t.to(dtype), q.to(dtype), pts_link, slot, links).numpy()  # (B, P, 3)
     B, L = x.shape[0], len(links)
-    phi = _plane_sdf(obj, x.reshape(-1, 3), threshold).reshape(B, -1)
+    phi = obj.plane_distance(x.reshape(-1, 3), reach=threshold).reshape(B, -1)
     slot = slot.numpy()
     cand, cphi = [], []
     for l in range(L):  # the `candidates` samples of each link with the smallest proxy

@@ -117,14 +117,13 @@ class PieceSDF:
     max_f(n·x − o) is minus the depth; outside, the distance to the nearest face plane (exact on face regions).
     """
 
-    def __init__(self, pieces, device="cpu", dtype=torch.float32):
-        F = max(len(p.faces) for p in pieces)
-        planes = np.zeros((len(pieces), F, 4))
+    def __init__(self, face_planes: list[np.ndarray], device="cpu", dtype=torch.float32):
+        """face_planes: ``ObjectModel.face_planes()`` of the object at unit scale."""
+        F = max(len(p) for p in face_planes)
+        planes = np.zeros((len(face_planes), F, 4))
         planes[:, :, 3] = 1e6  # padding: n = 0, offset 1e6 -> value -1e6, never the max
-        for k, p in enumerate(pieces):
-            n = p.face_normals
-            planes[k, :len(n), :3] = n
-            planes[k, :len(n), 3] = np.einsum("ij,ij->i", n, p.triangles[:, 0])
+        for k, p in enumerate(face_planes):
+            planes[k, :len(p)] = p
         self.planes = torch.as_tensor(planes, dtype=dtype, device=device)
 
     def __call__(self, x: torch.Tensor, scale: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -504,7 +503,7 @@ def synth_object(code: str, path: str, out: str, cfg: SynthConfig, device: str =
     hand = get_hand(device)
     obj, norm = prepare_mesh(code, Path(path), out, cfg.normalize)
     hull = trimesh.Trimesh(np.concatenate([p.vertices for p in obj.pieces])).convex_hull
-    sdf = PieceSDF(obj.pieces, device=hand.device, dtype=hand.dtype)
+    sdf = PieceSDF(obj.face_planes(), device=hand.device, dtype=hand.dtype)
     seed = _object_seed(cfg.seed, code)
     n_cand = int(hand.contact_link_index.shape[0])
     stats = {f"{s:g}": dict(optimised=0, gates=0, kept=0) for s in cfg.scales}

@@ -46,6 +46,24 @@ def box_sdf(p: np.ndarray, half: np.ndarray) -> np.ndarray:
 
 
 # ------------------------------------------------------------------------------------------------------ exact pieces
+def test_plane_distance_proxy(real):
+    """Inside: minus the depth in the deepest piece (>= the union's sdf, same sign); outside: a lower bound of the
+    distance; both branches (small batch: all planes; large batch: boxes grown by reach) agree; scales linearly."""
+    unit = real[CODES[1]]
+    x = near_surface_points(unit, 3000, spread=0.05)
+    exact = unit.exact_signed_distance(x)
+    proxy = unit.plane_distance(x, reach=1.0)            # > 2**20 point-planes: per-piece boxes grown by reach
+    small = np.concatenate([unit.plane_distance(c) for c in np.array_split(x, 300)])  # every plane at once
+    np.testing.assert_allclose(small, proxy, atol=1e-6)
+    inside = exact < 0
+    assert np.array_equal(proxy < 0, inside)
+    assert (proxy[inside] >= exact[inside] - 1e-6).all() and (proxy[~inside] <= exact[~inside] + 1e-6).all()
+    np.testing.assert_allclose(unit.with_scale(0.1).plane_distance(0.1 * x, reach=0.1), 0.1 * proxy, atol=1e-7)
+    assert np.isinf(unit.plane_distance(np.repeat([[5.0, 5, 5]], 20000, 0), reach=0.1)).all()
+    planes = unit.with_scale(0.1).face_planes()
+    assert len(planes) == len(unit.pieces) and all(p.shape[1] == 4 for p in planes)
+
+
 def test_closest_point_on_triangles_matches_trimesh():
     rng = np.random.default_rng(0)
     tri, p = rng.normal(size=(3000, 3, 3)), rng.normal(size=(3000, 3)) * 2
