@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test venv bench clean
+.PHONY: demo test venv bench clean train-default
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -21,6 +21,12 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest tests
+
+# Train (or resume) the bundled default model on data/pybullet and export it to dgtr/checkpoints/default.pt.
+train-default: $(STAMP)
+	$(BIN)/dgtr train --config configs/bundled.yaml --data data/pybullet --out runs/default \
+		$(if $(wildcard runs/default/checkpoint.pt),--resume,)
+	$(BIN)/dgtr export runs/default/checkpoint.pt dgtr/checkpoints/default.pt
 
 bench: $(STAMP)
 	for f in benchmarks/bench_*.py; do $(BIN)/python $$f || exit 1; done

@@ -12,6 +12,7 @@ from .errors import DgtrError
 COMMANDS = {
     "predict": ("dgtr.predict", "predict 16 diverse grasps for a mesh or point cloud"),
     "train": ("dgtr.train", "train DGTR with the dynamic-static matching schedule"),
+    "export": ("dgtr.train", "a trained run's weights as a small inference checkpoint (what ships as the default)"),
     "eval": ("dgtr.evaluate", "score DexGraspNet-format grasps with the paper's metrics and a MuJoCo test"),
     "synth": ("dgtr.synth", "synthesize a validated DexGraspNet-style grasp dataset for meshes"),
     "demo": ("dgtr.demo", "the bundled end-to-end demo (what `make demo` runs)"),

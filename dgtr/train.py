@@ -574,3 +574,38 @@ def run_train(args) -> int:
         if dist.is_initialized():
             dist.destroy_process_group()
     return 0
+
+
+# ---------------------------------------------------------------------------------------------------- export
+def export_checkpoint(src, dest) -> Path:
+    """Inference checkpoint ``dest`` from a training checkpoint ``src``: weights, config and the training history only
+    (no optimiser/RNG state: about a third of the size).  Writes ``<dest stem>.yaml`` (the resolved config) and
+    ``<dest stem>_summary.json`` (epochs, wall time) beside it.  ``dgtr.load(dest)`` reads it like any checkpoint."""
+    src, dest = Path(src), Path(dest)
+    ck = read_checkpoint(src)
+    cfg = config_from_checkpoint(ck, src)
+    if cfg.total_epochs > ck.get("epoch", 0):
+        print(f"dgtr export: note: {src} holds {ck.get('epoch', 0)} of {cfg.total_epochs} epochs (an unfinished run)",
+              file=sys.stderr)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    small = {k: ck[k] for k in ("format", "epoch", "step", "model", "config", "history", "wall_time", "world_size")
+             if k in ck}
+    small["model"] = {k: v.clone() for k, v in small["model"].items()}  # compact storage, not views of a larger one
+    _atomic_save(small, dest)
+    config_mod.save(cfg, dest.with_suffix(".yaml"))
+    summary = {"source": str(src), "epochs_done": ck.get("epoch"), "epochs_total": cfg.total_epochs,
+               "wall_time_s": ck.get("wall_time"), "world_size": ck.get("world_size"), "epochs": ck.get("history", [])}
+    dest.with_name(dest.stem + "_summary.json").write_text(json.dumps(summary, indent=1))
+    return dest
+
+
+def add_export_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("checkpoint", help="training checkpoint (RUN/checkpoint.pt)")
+    p.add_argument("dest", help="inference checkpoint to write, e.g. dgtr/checkpoints/default.pt")
+
+
+def run_export(args) -> int:
+    dest = export_checkpoint(args.checkpoint, args.dest)
+    print(f"wrote {dest} ({dest.stat().st_size / 2**20:.1f} MB), {dest.with_suffix('.yaml')}, "
+          f"{dest.with_name(dest.stem + '_summary.json')}")
+    return 0

@@ -125,3 +125,15 @@ def test_bad_input(trained, tmp_path):
     assert cli_main(["predict", "--checkpoint", str(ckpt), "--mesh", str(tmp_path / "few.npy"), "--out", out]) == 2
     assert cli_main(["predict", "--checkpoint", str(ckpt), "--mesh", str(tmp_path / "nope.obj"), "--out", out]) == 2
     assert cli_main(["predict", "--checkpoint", str(ckpt), "--mesh", str(duck()), "--out", out, "lr=3"]) == 2
+
+
+def test_export_gives_a_smaller_equivalent_checkpoint(trained, tmp_path):
+    data, ckpt = trained
+    dest = tmp_path / "ship" / "model.pt"
+    assert cli_main(["export", str(ckpt), str(dest)]) == 0
+    assert dest.stat().st_size < 0.6 * ckpt.stat().st_size  # no optimiser state
+    assert dest.with_suffix(".yaml").is_file() and (dest.parent / "model_summary.json").is_file()
+    pts = np.random.default_rng(1).normal(size=(3000, 3)) * 0.03
+    a, b = dgtr.load(ckpt)(pts, tta=False), dgtr.load(dest)(pts, tta=False)
+    assert torch.equal(a.joints, b.joints) and torch.equal(a.translation, b.translation)
+    assert cli_main(["export", str(tmp_path / "missing.pt"), str(dest)]) == 2
