@@ -1,6 +1,12 @@
 """Choose AB-TTA's optimiser, learning rate, iteration count and τ by measurement (dgtr.tta docstring records the result).
 
     python benchmarks/tune_tta.py [--data ../shared/dexgraspnet] [--per-object 16] [--quick]
+    python benchmarks/tune_tta.py --checkpoint dgtr/checkpoints/default.pt --split-data data/pybullet [--split val]
+                                  [--entries 30] [--quick]
+
+Second form (the issue's protocol, once a model is trained): the coarse grasps are the checkpoint's raw predictions
+(16 per entry) on ``--entries`` evenly spaced (object, scale) entries of the ``--split`` split of a DexGraspNet-layout
+folder (the bundled dataset's validation split), and the reference row is that split's ground truth (≤ 16 per entry).
 
 Validation set: coarse grasps made from real DexGraspNet grasps (3 sample objects, ``--per-object`` grasps each at
 their middle scale) by perturbing rotation (4°), joints (0.1 rad) and pushing the palm ``--push-mm`` (4) along its
@@ -63,6 +69,31 @@ def grasp_sets(data: Path, per_object: int, seed: int = 0, push: float = 0.004):
     return real, coarse
 
 
+def predicted_sets(checkpoint, root: Path, split: str, entries: int):
+    """(ground truth, raw predictions) on ``entries`` evenly spaced (object, scale) entries of a split."""
+    import dgtr
+    from dgtr.data import mesh_path, read_splits
+
+    predictor = dgtr.load(checkpoint)
+    todo = []
+    for code in read_splits(root)[split]:
+        gs = load_grasps(root / "dataset" / f"{code}.npy")
+        todo += [(code, gs, s) for s in gs.scales()]
+    if not todo:
+        raise SystemExit(f"{root}: split {split!r} is empty")
+    pick = np.unique(np.linspace(0, len(todo) - 1, min(entries, len(todo))).round().astype(int))
+    real, coarse, loaded = [], [], {}
+    for code, gs, s in (todo[i] for i in pick):
+        if code not in loaded:
+            loaded[code] = load_object(mesh_path(root / "meshdata", code), code=code)
+        obj = loaded[code].with_scale(s)
+        pts = torch.as_tensor(obj.sample_points(predictor.n_points, seed=0))
+        g = gs.at_scale(s)
+        real.append((obj, pts, g.rotation[:16].float(), g.translation[:16].float(), g.joints[:16].float()))
+        coarse.append((obj, pts, *predictor.raw(pts)))
+    return real, coarse
+
+
 def measure(hand, objs, cfg: TTAConfig | None, mesh: bool = True) -> dict:
     pen, contacts, spen, dt, times, q1s = [], [], [], [], [], []
     for obj, pts, R, t, q in objs:
@@ -112,22 +143,30 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--quick", action="store_true", help="only the chosen setting and its neighbours")
     ap.add_argument("--focus", action="store_true", help="second pass: the best grid rows (τ = 1 cm), larger sample")
+    ap.add_argument("--checkpoint", default=None, help="coarse grasps = this model's raw predictions (see above)")
+    ap.add_argument("--split-data", type=Path, default=Path("data/pybullet"))
+    ap.add_argument("--split", default="val")
+    ap.add_argument("--entries", type=int, default=30)
     args = ap.parse_args()
-    if not (args.data / "dataset").is_dir():
-        print(f"real DexGraspNet samples not found at {args.data}; nothing to measure", file=sys.stderr)
-        return 0
     torch.manual_seed(0)
     hand = get_hand()
-    real, coarse = grasp_sets(args.data, args.per_object, seed=args.seed, push=args.push_mm * 1e-3)
+    if args.checkpoint:
+        real, coarse = predicted_sets(args.checkpoint, args.split_data, args.split, args.entries)
+    elif not (args.data / "dataset").is_dir():
+        print(f"real DexGraspNet samples not found at {args.data}; nothing to measure", file=sys.stderr)
+        return 0
+    else:
+        real, coarse = grasp_sets(args.data, args.per_object, seed=args.seed, push=args.push_mm * 1e-3)
     base = TTAConfig()
-    jobs = [("real grasps (unperturbed)", "real", None, True), ("coarse (no TTA)", "coarse", None, True),
+    jobs = [("ground truth" if args.checkpoint else "real grasps (unperturbed)", "real", None, True),
+            ("raw predictions (no TTA)" if args.checkpoint else "coarse (no TTA)", "coarse", None, True),
             ("default, nearest-point distance", "coarse", {}, False)]
     if args.focus:
         grid = [dict(lr=lr, iterations=it, tau=0.01) for lr, it in
                 ((3e-3, 50), (3e-3, 100), (1e-2, 25), (1e-2, 50), (1e-2, 100), (3e-2, 25), (3e-2, 50))]
     elif args.quick:
         grid = [dict(), dict(lr=3e-3), dict(lr=3e-2), dict(iterations=25), dict(iterations=100), dict(tau=0.005),
-                dict(tau=0.02), dict(optimizer="sgd", lr=1e-1)]
+                dict(tau=0.02), dict(optimizer="sgd", lr=1e-1), dict(beta_t=0.1), dict(beta_t=0.3)]
     else:
         grid = [dict(optimizer=o, lr=lr, iterations=it, tau=tau) for o, lr, it, tau in itertools.product(
             ("adam",), (3e-3, 1e-2, 3e-2), (25, 50, 100), (0.005, 0.01, 0.02))]
