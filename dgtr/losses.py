@@ -15,7 +15,7 @@ Per matched pair (K pairs over the batch; every term is averaged over the K pair
               only).  Eq. 1 as printed uses d, not d² (the authors' code summed squared distances).
 
 Stages (DSMT, paper Alg. 1): 'dmt' Hungarian matching per layer, no pen/dist; 'smw' static matching, no pen/dist;
-'smpt' static matching + pen + dist.  Deep supervision: every decoder layer is matched (separately in dynamic mode,
+'smpt' static matching + pen + dist (``pen_stages`` moves pen/dist into other stages for the paper's ablations).  Deep supervision: every decoder layer is matched (separately in dynamic mode,
 DETR-style; with the one static assignment in static mode) and its losses are added to the total.
 
 Hand terms call a hand object injected into ``SetCriterion`` (``dgtr.hand.ShadowHand`` in practice):
@@ -55,12 +55,17 @@ class LossConfig:
     chamfer_points: int = 1024  # hand surface samples in the chamfer term (sum of squared NN distances over them)
     smooth_l1_beta: float = 1.0
     aux: bool = True           # deep supervision over the earlier decoder layers
+    pen_stages: list[str] = field(default_factory=lambda: ["smpt"])  # stages with the pen/dist terms (paper: SMPT;
+    #                            its Table 6 ablation trains with them under dynamic matching: ['dmt', 'smpt'])
     matcher: MatcherConfig = field(default_factory=MatcherConfig)
 
     def weights(self, stage: str) -> dict[str, float]:
         if stage not in STAGES:
             raise InputError(f"stage: expected one of {STAGES}, got {stage!r}")
-        on = stage == "smpt"
+        bad = [s for s in self.pen_stages if s not in STAGES]
+        if bad:
+            raise InputError(f"loss.pen_stages: unknown stage(s) {bad}; expected names from {STAGES}")
+        on = stage in self.pen_stages
         return {"trans": self.trans, "joints": self.joints, "rot": self.rot, "chamfer": self.chamfer,
                 "spen": self.spen, "pen": self.pen if on else 0.0, "dist": self.dist if on else 0.0}
 

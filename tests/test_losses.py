@@ -183,6 +183,10 @@ def test_loss_config_from_yaml_overrides():
     cfg = load(LossConfig, overrides=["matcher.w_rot=3", "pen=5", "aux=false"])
     assert cfg.matcher.w_rot == 3.0 and cfg.pen == 5.0 and cfg.aux is False
     assert cfg.weights("dmt")["pen"] == 0 and cfg.weights("smw")["dist"] == 0 and cfg.weights("smpt")["pen"] == 5
+    dyn = load(LossConfig, overrides=["pen_stages=[dmt, smpt]", "pen=500"])  # the paper's Table 6 setting
+    assert dyn.weights("dmt")["pen"] == 500 and dyn.weights("dmt")["dist"] == 10 and dyn.weights("smw")["pen"] == 0
+    with pytest.raises(InputError, match="pen_stages"):
+        load(LossConfig, overrides=["pen_stages=[dmt, warmup]"]).weights("dmt")
 
 
 def test_geometric_helpers_against_brute_force():
