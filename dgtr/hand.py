@@ -527,6 +527,31 @@ class ShadowHand:
             best = torch.cat([self._all_primitives(c, xc, *dgeom).max(1).indices for xc in xt.detach().split(chunk, 2)], 1)
         return self._selected_primitive(c, x, best, *geom)
 
+    def penetration(self, rot, t, q, points) -> torch.Tensor:
+        """Object-penetration loss: Σ_p relu(signed_distance(p)) over points (B, P, 3) -> (B,).
+
+        Same value and gradients as ``relu(signed_distance(rot, t, q, points)).sum(-1)``, but only the points inside
+        some collision primitive's bounding sphere are evaluated (the others are outside the hand: zero value and
+        gradient); a hand touches a small part of an object cloud, so this is several times cheaper."""
+        R, tt, qq = self._prep(rot, t, q)
+        points = self._tensor(points, "points")
+        if points.dim() != 3 or points.shape[2] != 3 or points.shape[0] != tt.shape[0]:
+            raise InputError(f"points: expected shape (B={tt.shape[0]}, P, 3), got {tuple(points.shape)}")
+        c = self._consts(tt.dtype, tt.device)
+        with torch.no_grad():
+            u, a, _, cb = self._primitive_geometry(c, *self._fk_palm(qq.detach()))
+            centres = torch.cat([a + c.cap_h[:, None] * u, cb], 1)                  # (B, G, 3) palm frame
+            radii = torch.cat([c.cap_h + c.cap_r, c.box_half.norm(dim=-1)])         # (G,)
+            x = (points.detach().to(tt.dtype) - tt.detach()[:, None]) @ R.detach()
+            near = (torch.cdist(x, centres) <= radii + 1e-6).any(-1)               # (B, P)
+            m = int(near.sum(1).max()) if near.numel() else 0
+        if m == 0:
+            return (tt * 0).sum(-1) + (qq * 0).sum(-1)  # nothing inside: zero, still connected to the graph
+        idx = near.to(torch.int8).topk(m, dim=1).indices                            # the near points first
+        keep = torch.gather(near, 1, idx)
+        sel = torch.gather(points, 1, idx[..., None].expand(-1, -1, 3))
+        return (torch.relu(self.signed_distance(rot, t, q, sel)) * keep).sum(-1)
+
     @staticmethod
     def _primitive_geometry(c, Rl, pl):
         """Primitives in the palm frame for each grasp: capsule axis start a (B,Gc,3) and unit direction u

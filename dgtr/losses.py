@@ -19,7 +19,8 @@ Stages (DSMT, paper Alg. 1): 'dmt' Hungarian matching per layer, no pen/dist; 's
 DETR-style; with the one static assignment in static mode) and its losses are added to the total.
 
 Hand terms call a hand object injected into ``SetCriterion`` (``dgtr.hand.ShadowHand`` in practice):
-``surface_points(R, t, q) → (K, N, 3)``, ``signed_distance(R, t, q, points (K, P, 3)) → (K, P)`` (positive inside),
+``surface_points(R, t, q) → (K, N, 3)``, ``penetration(R, t, q, points (K, P, 3)) → (K,)`` (Σ relu of the hand's
+signed distance, positive inside),
 ``self_penetration(R, t, q) → (K,)``, ``contact_candidates(R, t, q) → (K, Nc, 3)``, ``joint_lower/joint_upper (J,)``.
 """
 from __future__ import annotations
@@ -290,7 +291,7 @@ class SetCriterion(nn.Module):
         if weights["spen"] > 0:
             terms["spen"] = self.hand.self_penetration(*pose).mean()
         if weights["pen"] > 0:
-            terms["pen"] = object_penetration(self.hand.signed_distance(*pose, points[bidx])).mean()
+            terms["pen"] = self.hand.penetration(*pose, points[bidx]).mean()
         if weights["dist"] > 0:
             terms["dist"] = vanilla_distance(self.hand.contact_candidates(*pose), points[bidx],
                                              self.cfg.dist_tau).mean()

@@ -200,6 +200,24 @@ def test_signed_distance_matches_reference(hand):
     np.testing.assert_allclose(hand.signed_distance(R, t, q, pts).numpy(), ref.max(-1), atol=2e-6)
 
 
+def test_penetration_equals_relu_sum_of_sdf(hand):
+    """The loss form skips points outside every primitive's bounding sphere: same values and gradients."""
+    R, t, q = random_grasps(hand, 6, seed=7, dtype=torch.float64)
+    pts = t[:, None] + torch.randn(6, 3000, 3, generator=torch.Generator().manual_seed(3), dtype=torch.float64) * 0.05
+    leaves = [x.clone().requires_grad_() for x in (R, t, q)]
+    fast = hand.penetration(*leaves, pts)
+    g_fast = torch.autograd.grad(fast.sum(), leaves)
+    leaves2 = [x.clone().requires_grad_() for x in (R, t, q)]
+    full = torch.relu(hand.signed_distance(*leaves2, pts)).sum(-1)
+    g_full = torch.autograd.grad(full.sum(), leaves2)
+    assert (full > 0).all()  # the test is not vacuous: every hand holds some of the points
+    torch.testing.assert_close(fast, full, atol=1e-12, rtol=1e-10)
+    for a, b in zip(g_fast, g_full):
+        torch.testing.assert_close(a, b, atol=1e-10, rtol=1e-8)
+    far = hand.penetration(*idle(2, torch.float64), torch.full((2, 10, 3), 5.0, dtype=torch.float64))
+    assert torch.equal(far, torch.zeros(2, dtype=torch.float64))
+
+
 def test_signed_distance_signs(hand):
     R, t, q = idle()
     T = hand.link_transforms(R, t, q)[0]

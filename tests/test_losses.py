@@ -41,6 +41,9 @@ class FakeHand:
         c = self._pose(rot, t, q, self.spheres)
         return (self.radius - torch.cdist(points, c)).amax(-1)
 
+    def penetration(self, rot, t, q, points):
+        return F.relu(self.signed_distance(rot, t, q, points)).sum(-1)
+
     def self_penetration(self, rot, t, q):
         k = self._pose(rot, t, q, self.keypoints)
         d = torch.cdist(k, k) + torch.eye(3) * 1.0
