@@ -1,12 +1,13 @@
 """CPU-sized ablations of the paper (Tables 3, 5, 6): train each variant of configs/ablation_small.yaml, then score it.
 
     python benchmarks/ablations.py [--data data/pybullet] [--out results/ablations] [--runs runs/ablations]
-                                   [--only "w/o DSMT,N = 8"] [--workers 2] [--train-only]
+                                   [--only "w/o DSMT,N = 8"] [--workers 2] [--train-only] [key=value ...]
 
 Every variant is the small base config plus the overrides below, trained with `dgtr train` (resumed when its run folder
 holds a checkpoint; a finished run is not retrained) and evaluated on the test split (the pybullet named objects) with
 `dgtr eval --no-sim` (the paper's ablation tables have no success column).  Rows are scored without AB-TTA, as in the
-paper's Tables 4-6, plus the base with AB-TTA for Table 3.  Tables go to ``<out>/results.md``.
+paper's Tables 4-6, plus the base with AB-TTA for Table 3.  Tables go to ``<out>/results.md``.  Trailing
+``key=value`` overrides apply to every variant (after its own), e.g. for a quick smoke run.
 
 These are honestly scaled down (1M-parameter model, 1024 points, 10 epochs, ~600 training entries): they show the
 direction of each effect under our data, not the paper's magnitudes.
@@ -26,21 +27,21 @@ DMT_ONLY = ["train.epochs_dmt=10", "train.epochs_smw=0", "train.epochs_smpt=0"]
 # name -> (paper table, config overrides)
 VARIANTS = {
     "DSMT (6/2/2)": ("3, 5, 6", []),
-    "w/o DSMT (DMT only, λpen = 0)": ("3, 6", DMT_ONLY),
-    "λpen = 5, dynamic matching": ("6", DMT_ONLY + ["loss.pen_stages=[dmt]", "loss.pen=5"]),
-    "λpen = 50, dynamic matching": ("6", DMT_ONLY + ["loss.pen_stages=[dmt]", "loss.pen=50"]),
-    "λpen = 500, dynamic matching": ("6", DMT_ONLY + ["loss.pen_stages=[dmt]", "loss.pen=500"]),
+    "w/o DSMT (DMT only; λpen = 0)": ("3, 6", DMT_ONLY),
+    "λpen = 5 (dynamic matching)": ("6", DMT_ONLY + ["loss.pen_stages=[dmt]", "loss.pen=5"]),
+    "λpen = 50 (dynamic matching)": ("6", DMT_ONLY + ["loss.pen_stages=[dmt]", "loss.pen=50"]),
+    "λpen = 500 (dynamic matching)": ("6", DMT_ONLY + ["loss.pen_stages=[dmt]", "loss.pen=500"]),
     "N = 8 queries": ("5", ["model.n_queries=8"]),
     "N = 32 queries": ("5", ["model.n_queries=32"]),
 }
 TABLES = {
     "Table 3 (components)": [("DSMT (6/2/2)", True, "DGTR (small) + AB-TTA"), ("DSMT (6/2/2)", False, "w/o AB-TTA"),
-                             ("w/o DSMT (DMT only, λpen = 0)", False, "w/o DSMT")],
+                             ("w/o DSMT (DMT only; λpen = 0)", False, "w/o DSMT")],
     "Table 5 (number of queries, no TTA)": [("N = 8 queries", False, "N = 8"), ("DSMT (6/2/2)", False, "N = 16"),
                                             ("N = 32 queries", False, "N = 32")],
     "Table 6 (λpen under dynamic matching, no TTA)": [
-        ("w/o DSMT (DMT only, λpen = 0)", False, "λpen = 0"), ("λpen = 5, dynamic matching", False, "λpen = 5"),
-        ("λpen = 50, dynamic matching", False, "λpen = 50"), ("λpen = 500, dynamic matching", False, "λpen = 500"),
+        ("w/o DSMT (DMT only; λpen = 0)", False, "λpen = 0"), ("λpen = 5 (dynamic matching)", False, "λpen = 5"),
+        ("λpen = 50 (dynamic matching)", False, "λpen = 50"), ("λpen = 500 (dynamic matching)", False, "λpen = 500"),
         ("DSMT (6/2/2)", False, "DSMT (0 → 50 with static matching)")],
 }
 
@@ -49,7 +50,7 @@ def train_variant(name: str, overrides: list[str], args) -> Path:
     run = Path(args.runs) / slug(name)
     ckpt = run / "checkpoint.pt"
     cmd = [sys.executable, "-m", "dgtr", "train", "--config", BASE, "--data", args.data, "--out", str(run)]
-    cmd += (["--resume"] if ckpt.exists() else []) + overrides
+    cmd += (["--resume"] if ckpt.exists() else []) + overrides + args.overrides
     print(f"== {name}: {' '.join(cmd[2:])}", flush=True)
     subprocess.run(cmd, check=True)
     return ckpt
@@ -63,8 +64,11 @@ def main() -> int:
     ap.add_argument("--only", default=None, help="comma-separated variant names (default: all)")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--train-only", action="store_true")
+    ap.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides for every variant")
     args = ap.parse_args()
     names = [n for n in VARIANTS if not args.only or n in args.only.split(",")]
+    if not names:
+        raise SystemExit(f"--only: no such variant; choose from {list(VARIANTS)}")
     ckpts = {n: train_variant(n, VARIANTS[n][1], args) for n in names}
     if args.train_only:
         return 0

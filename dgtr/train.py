@@ -315,9 +315,14 @@ def record_static_assignment(model, criterion, ds, cfg: TrainConfig, d: _Dist, d
 @torch.no_grad()
 def validate(model, criterion, ds, cfg: TrainConfig, hand, device) -> dict[str, float]:
     """Loss (Hungarian, DMT weights) over the val split and the mean max penetration (mm) of the first
-    ``val_metric_objects`` entries' grasps.  Rank 0 only."""
+    ``val_metric_objects`` entries' grasps.  Rank 0 only.  The loss never includes pen/dist (whatever
+    ``loss.pen_stages`` says), so validation losses compare across stages and runs."""
+    import dataclasses
+
     from .metrics import penetration_depth
 
+    criterion = SetCriterion(dataclasses.replace(criterion.cfg, pen_stages=[]), criterion.hand, criterion.joint_lower,
+                             criterion.joint_upper, criterion.t_range)
     was = model.training
     model.eval()
     sums, n, pens = defaultdict(float), 0, []

@@ -207,3 +207,13 @@ def test_bad_inputs(dataset, tmp_path):
     if not torch.cuda.is_available():
         with pytest.raises(InputError, match="CUDA"):
             train(cfg, dataset, tmp_path / "r8", device="cuda")
+
+
+def test_penetration_under_dynamic_matching(dataset, tmp_path):
+    """The paper's Table 6 setting (pen/dist in DMT): trains, and validation still reports the base loss."""
+    cfg = tiny_config(epochs_dmt=1, epochs_smw=0, epochs_smpt=0)
+    cfg.loss.pen_stages = ["dmt"]
+    train(cfg, dataset, tmp_path / "run")
+    rec = json.loads((tmp_path / "run" / "summary.json").read_text())["epochs"][0]
+    assert rec["stage"] == "dmt" and rec["train"]["pen"] >= 0 and "dist" in rec["train"]
+    assert "val_loss" in rec["val"] and "val_pen" not in rec["val"]
