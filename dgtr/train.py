@@ -372,6 +372,13 @@ def _log_epoch(writer, rec: dict) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
+class _NullWriter:
+    def add_scalar(self, *args, **kwargs) -> None:
+        pass
+
+    flush = close = lambda self: None
+
+
 def matching_instability(prev: dict, cur: dict) -> float:
     """Share of queries whose matched ground truth (−1 = unmatched) differs between two epochs' assignments
     ({entry key: (Q,) ints}), over the entries present in both (paper Fig. 5)."""
@@ -484,8 +491,12 @@ def train(cfg: TrainConfig, data, out, resume: bool = False, device: str = "cpu"
     if d.main:
         out.mkdir(parents=True, exist_ok=True)
         config_mod.save(cfg, out / "config.yaml")
-        from torch.utils.tensorboard import SummaryWriter
-        writer = SummaryWriter(str(out / "tb"), purge_step=step if ck is not None else None)
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+            writer = SummaryWriter(str(out / "tb"), purge_step=step if ck is not None else None)
+        except ImportError:  # a bare cluster/GPU image without tensorboard: summary.json still records every epoch
+            print("dgtr train: tensorboard is not installed; logging to summary.json only", file=sys.stderr)
+            writer = _NullWriter()
 
     last = cfg.total_epochs if max_epochs is None else min(cfg.total_epochs, start_epoch + max_epochs)
     try:

@@ -217,3 +217,10 @@ def test_penetration_under_dynamic_matching(dataset, tmp_path):
     rec = json.loads((tmp_path / "run" / "summary.json").read_text())["epochs"][0]
     assert rec["stage"] == "dmt" and rec["train"]["pen"] >= 0 and "dist" in rec["train"]
     assert "val_loss" in rec["val"] and "val_pen" not in rec["val"]
+
+
+def test_trains_without_tensorboard(dataset, tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # import raises ImportError
+    train(tiny_config(epochs_dmt=1, epochs_smw=0, epochs_smpt=0, val_every=0), dataset, tmp_path / "run")
+    assert "tensorboard is not installed" in capsys.readouterr().err
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["completed"]
