@@ -15,8 +15,9 @@ Per matched pair (K pairs over the batch; every term is averaged over the K pair
               only).  Eq. 1 as printed uses d, not d² (the authors' code summed squared distances).
 
 Stages (DSMT, paper Alg. 1): 'dmt' Hungarian matching per layer, no pen/dist; 'smw' static matching, no pen/dist;
-'smpt' static matching + pen + dist (``pen_stages`` moves pen/dist into other stages for the paper's ablations).  Deep supervision: every decoder layer is matched (separately in dynamic mode,
-DETR-style; with the one static assignment in static mode) and its losses are added to the total.
+'smpt' static matching + pen + dist (``LossConfig.pen_stages`` moves pen/dist into other stages for the paper's
+ablations).  Deep supervision: every decoder layer is matched (separately in dynamic mode, DETR-style; with the one
+static assignment in static mode) and its losses are added to the total.
 
 Hand terms call a hand object injected into ``SetCriterion`` (``dgtr.hand.ShadowHand`` in practice):
 ``surface_points(R, t, q) → (K, N, 3)``, ``penetration(R, t, q, points (K, P, 3)) → (K,)`` (Σ relu of the hand's
@@ -50,8 +51,8 @@ class LossConfig:
     rot: float = 10.0
     chamfer: float = 1.0
     spen: float = 10.0
-    pen: float = 50.0          # applied in stage 'smpt' only (0 in DMT/SMW)
-    dist: float = 10.0         # applied in stage 'smpt' only
+    pen: float = 50.0          # applied in the stages of ``pen_stages`` only (default: SMPT)
+    dist: float = 10.0         # likewise
     dist_tau: float = 0.01     # m, contact threshold τ of eq. 1
     chamfer_points: int = 1024  # hand surface samples in the chamfer term (sum of squared NN distances over them)
     smooth_l1_beta: float = 1.0
