@@ -1,3 +1,4 @@
+import dataclasses
 import math
 
 import numpy as np
@@ -46,10 +47,11 @@ def check_ranges(out, Q, B, t_range):
 
 def test_full_default_model_parameters_and_outputs():
     cfg = ModelConfig()
-    assert cfg == ModelConfig.reference()
+    # the default departs from DESIGN §3 only in the decoder's starting query content and the position-MLP input scale
+    assert dataclasses.replace(cfg, query_content="zero", pos_scale=1.0) == ModelConfig.reference()
     model = build_model(cfg, LOWER, UPPER).eval()
     n = sum(p.numel() for p in model.parameters())
-    assert 3.6e6 < n < 4.2e6, n  # DESIGN §3: ~3.9 M (this implementation: 3,857,245)
+    assert 3.6e6 < n < 4.2e6, n  # DESIGN §3: ~3.9 M (this implementation: 3,857,245 + 4,096 query content)
     with torch.no_grad():
         out = model(cloud(2, 4096))
     check_ranges(out, 16, 2, 0.22)
@@ -57,6 +59,20 @@ def test_full_default_model_parameters_and_outputs():
     for a in out["aux"]:
         check_ranges(a, 16, 2, 0.22)
     assert model.joint_lower.shape == (J,) and "joint_lower" in dict(model.named_buffers())
+
+
+def test_learned_query_content_separates_queries_without_object_detail():
+    """When the encoder tokens carry no distinguishing detail (here: every point the same), zero query content (DETR)
+    gives all queries one output whatever the attention does; learned content still gives distinct grasps.  That
+    degenerate state is where the bundled training collapsed with zero content (docs/training.md)."""
+    pts = torch.full((2, 512, 3), 0.01)
+    spread = {}
+    for content in ("zero", "learned"):
+        torch.manual_seed(0)
+        model = build_model(small_cfg(query_content=content), LOWER, UPPER).eval()
+        with torch.no_grad():
+            spread[content] = model(pts)["joints_norm"].std(1).mean().item()
+    assert spread["zero"] < 1e-5 and spread["learned"] > 1e-2, spread
 
 
 def test_small_model_ranges_and_aux_switch():
@@ -84,13 +100,13 @@ def test_batched_equals_per_object_eval():
         torch.testing.assert_close(model(pts)["joints"], batched["joints"])
 
 
-def test_gradients_reach_every_parameter():
-    # Query content starts at zero (DETR), so at initialisation layer 0's self-attention sees identical zero values and
-    # its first LayerNorm sees a zero input: their weights get no gradient until the biases move.  One optimiser step
-    # fixes all but layer 0's first LayerNorm *weight*, which multiplies LayerNorm(0) = 0 and is inert by construction
-    # (as are layer 0's self-attention query/key rows: attention over identical values does not depend on them).
+@pytest.mark.parametrize("content, inert", [("learned", []), ("zero", ["layers.0.norms.0.weight"])])
+def test_gradients_reach_every_parameter(content, inert):
+    # With zero query content (DETR) layer 0's self-attention sees identical zero values and its first LayerNorm a zero
+    # input: their weights get no gradient until the biases move.  One optimiser step fixes all but layer 0's first
+    # LayerNorm *weight*, which multiplies LayerNorm(0) = 0 and is inert by construction.  Learned content: none inert.
     torch.manual_seed(0)
-    model = build_model(small_cfg(), LOWER, UPPER).train()
+    model = build_model(small_cfg(query_content=content), LOWER, UPPER).train()
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     for _ in range(2):
         opt.zero_grad()
@@ -102,7 +118,7 @@ def test_gradients_reach_every_parameter():
         opt.step()
     no_grad = [n for n, p in model.named_parameters() if p.grad is None or not torch.isfinite(p.grad).all()
                or p.grad.abs().sum() == 0]
-    assert no_grad == ["layers.0.norms.0.weight"]
+    assert no_grad == inert
 
 
 @pytest.mark.parametrize("bad, why", [
