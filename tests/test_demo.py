@@ -1,15 +1,32 @@
 import json
 
+import pytest
+
+import dgtr.predict
 from dgtr.cli import main
 
 
-def test_demo_end_to_end_without_checkpoint_or_bundle(tmp_path, capsys):
-    # No bundled data folder: the demo falls back to pybullet's duck; outputs and a metrics table must appear.
-    assert main(["demo", "--out", str(tmp_path), "--data", str(tmp_path / "none"), "--no-sim", "--workers", "1"]) == 0
+def _check_outputs(tmp_path, capsys, code):
     out = capsys.readouterr().out
     assert "overall" in out and "Q1" in out
-    for f in ("dataset/pb_duck.npy", "meshdata/pb_duck/coacd/decomposed.obj", "metrics.json"):
+    for f in (f"dataset/{code}.npy", f"meshdata/{code}/coacd/decomposed.obj", "metrics.json"):
         assert (tmp_path / f).is_file(), f
     report = json.loads((tmp_path / "metrics.json").read_text())
     n = report["overall"]["n"]
-    assert n == 0 or ((tmp_path / "pb_duck.png").is_file() and (tmp_path / "pb_duck.html").is_file())
+    assert n == 0 or ((tmp_path / f"{code}.png").is_file() and (tmp_path / f"{code}.html").is_file())
+    return out, n
+
+
+def test_demo_end_to_end_without_checkpoint_or_bundle(tmp_path, capsys, monkeypatch):
+    # No checkpoint and no bundled data folder: the demo synthesises for pybullet's duck instead.
+    monkeypatch.setattr(dgtr.predict, "DEFAULT_CHECKPOINT", tmp_path / "no_checkpoint.pt")
+    assert main(["demo", "--out", str(tmp_path), "--data", str(tmp_path / "none"), "--no-sim", "--workers", "1"]) == 0
+    out, _ = _check_outputs(tmp_path, capsys, "pb_duck")
+    assert "dgtr synth" in out
+
+
+@pytest.mark.skipif(not dgtr.predict.DEFAULT_CHECKPOINT.is_file(), reason="no bundled default checkpoint")
+def test_demo_with_bundled_checkpoint(tmp_path, capsys):
+    assert main(["demo", "--out", str(tmp_path), "--data", str(tmp_path / "none"), "--no-sim", "--workers", "1"]) == 0
+    out, n = _check_outputs(tmp_path, capsys, "pb_duck")
+    assert "DGTR + AB-TTA" in out and n == 16
