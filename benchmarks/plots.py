@@ -1,12 +1,13 @@
 """Figures for docs/results.md: training curves of a `dgtr train` run and metric bars of benchmarks/results.py.
 
-    python benchmarks/plots.py --run dgtr/checkpoints --results results/main --out docs/img
+    python benchmarks/plots.py --run dgtr/checkpoints/default_summary.json --results results/main --out docs/img
 
 - ``training.png``: per epoch, train and validation loss of the final decoder layer, validation penetration (mm),
   and the matching instability (share of queries whose matched ground truth changed since the previous epoch,
   the paper's Fig. 5), the DSMT stages shaded;
 - ``metrics_<suite>.png``: one bar group per metric, one bar per results row, the paper's DGTR value as a line.
-Reads ``<run>/summary.json`` (written by `dgtr train`) and ``<results>/results.json``.
+Reads ``--run``: a run folder's ``summary.json`` (written by `dgtr train`) or such a file (``dgtr export`` writes
+``<dest>_summary.json``), and ``<results>/results.json``.
 """
 from __future__ import annotations
 
@@ -87,7 +88,7 @@ def plot_metrics(results: dict, out: Path) -> list[Path]:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--run", default=None, help="run folder of `dgtr train` (with summary.json)")
+    ap.add_argument("--run", default=None, help="run folder of `dgtr train` (with summary.json), or a summary file")
     ap.add_argument("--results", default=None, help="output folder of benchmarks/results.py (with results.json)")
     ap.add_argument("--out", default="docs/img")
     args = ap.parse_args()
@@ -96,7 +97,8 @@ def main() -> int:
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     written = []
     if args.run:
-        written.append(plot_training(json.loads((Path(args.run) / "summary.json").read_text()), out))
+        run = Path(args.run)
+        written.append(plot_training(json.loads((run / "summary.json" if run.is_dir() else run).read_text()), out))
     if args.results:
         written += plot_metrics(json.loads((Path(args.results) / "results.json").read_text()), out)
     print("\n".join(f"wrote {p}" for p in written) or "nothing to do: give --run and/or --results")
