@@ -130,7 +130,8 @@ def _run_setting(job) -> str:
     if kw is None:
         return row(label, measure(hand, sets[which], None))
     cfg = TTAConfig(**{**base.__dict__, **kw})
-    label = label or f"{cfg.optimizer} lr={cfg.lr:g} it={cfg.iterations} tau={cfg.tau * 1e3:g}mm"
+    label = label or (f"{cfg.optimizer} lr={cfg.lr:g} it={cfg.iterations} tau={cfg.tau * 1e3:g}mm"
+                      + (f" beta_t={cfg.beta_t:g}" if cfg.beta_t else ""))
     return row(label, measure(hand, sets[which], cfg, mesh=mesh))
 
 
@@ -147,6 +148,8 @@ def main() -> int:
     ap.add_argument("--split-data", type=Path, default=Path("data/pybullet"))
     ap.add_argument("--split", default="val")
     ap.add_argument("--entries", type=int, default=30)
+    ap.add_argument("--settings", default=None, metavar="K=V,K=V;...",
+                    help="measure these TTAConfig settings instead of a grid, e.g. 'tau=0.015;tau=0.02,iterations=100'")
     args = ap.parse_args()
     torch.manual_seed(0)
     hand = get_hand()
@@ -171,6 +174,9 @@ def main() -> int:
         grid = [dict(optimizer=o, lr=lr, iterations=it, tau=tau) for o, lr, it, tau in itertools.product(
             ("adam",), (3e-3, 1e-2, 3e-2), (25, 50, 100), (0.005, 0.01, 0.02))]
         grid += [dict(optimizer="sgd", lr=lr, iterations=50, tau=0.01) for lr in (1e-2, 1e-1, 1.0)]
+    if args.settings:
+        grid = [{k: (v if k == "optimizer" else float(v) if "." in v or "e" in v else int(v))
+                 for k, v in (kv.split("=") for kv in setting.split(","))} for setting in args.settings.split(";")]
     jobs += [("", "coarse", kw, True) for kw in grid]
     global _JOB
     _JOB = (hand, {"real": real, "coarse": coarse}, base)

@@ -117,12 +117,17 @@ def load(cls: type[T], path: str | os.PathLike | None = None, overrides: typing.
         if not isinstance(loaded, dict):
             raise FileFormatError(f"config file {p}: expected a mapping at top level")
         data = _merge(data, loaded)
+    return from_dict(cls, apply_overrides(data, overrides))
+
+
+def apply_overrides(data: dict, overrides: typing.Iterable[str]) -> dict:
+    """``data`` (a nested dict, changed in place and returned) with ``key.sub=value`` overrides applied."""
     for ov in overrides:
         if "=" not in ov:
             raise InputError(f"override {ov!r}: expected key=value")
         k, v = ov.split("=", 1)
         _set_dotted(data, k.strip(), yaml.safe_load(v) if v.strip() else "")
-    return from_dict(cls, data)
+    return data
 
 
 def save(cfg: Any, path: str | os.PathLike) -> None:

@@ -593,13 +593,22 @@ def run_train(args) -> int:
 
 
 # ---------------------------------------------------------------------------------------------------- export
-def export_checkpoint(src, dest) -> Path:
+def export_checkpoint(src, dest, overrides=()) -> Path:
     """Inference checkpoint ``dest`` from a training checkpoint ``src``: weights, config and the training history only
     (no optimiser/RNG state: about a third of the size).  Writes ``<dest stem>.yaml`` (the resolved config) and
-    ``<dest stem>_summary.json`` (epochs, wall time) beside it.  ``dgtr.load(dest)`` reads it like any checkpoint."""
+    ``<dest stem>_summary.json`` (epochs, wall time) beside it.  ``dgtr.load(dest)`` reads it like any checkpoint.
+    ``overrides`` (``tta.key=value``) set the AB-TTA defaults the checkpoint carries, e.g. ones measured on its
+    validation split; nothing else can change after training."""
     src, dest = Path(src), Path(dest)
     ck = read_checkpoint(src)
     cfg = config_from_checkpoint(ck, src)
+    bad = [o for o in overrides if not o.strip().startswith("tta.")]
+    if bad:
+        raise InputError(f"dgtr export: only tta.* settings can change after training, got {bad}")
+    if overrides:
+        cfg = config_mod.from_dict(TrainConfig, config_mod.apply_overrides(config_mod.to_dict(cfg), overrides))
+        cfg.tta.check()
+        ck = dict(ck, config=config_mod.to_dict(cfg))
     if cfg.total_epochs > ck.get("epoch", 0):
         print(f"dgtr export: note: {src} holds {ck.get('epoch', 0)} of {cfg.total_epochs} epochs (an unfinished run)",
               file=sys.stderr)
@@ -618,10 +627,11 @@ def export_checkpoint(src, dest) -> Path:
 def add_export_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("checkpoint", help="training checkpoint (RUN/checkpoint.pt)")
     p.add_argument("dest", help="inference checkpoint to write, e.g. dgtr/checkpoints/default.pt")
+    p.add_argument("overrides", nargs="*", metavar="tta.key=value", help="AB-TTA defaults to store with the model")
 
 
 def run_export(args) -> int:
-    dest = export_checkpoint(args.checkpoint, args.dest)
+    dest = export_checkpoint(args.checkpoint, args.dest, args.overrides)
     print(f"wrote {dest} ({dest.stat().st_size / 2**20:.1f} MB), {dest.with_suffix('.yaml')}, "
           f"{dest.with_name(dest.stem + '_summary.json')}")
     return 0

@@ -147,3 +147,13 @@ def test_export_gives_a_smaller_equivalent_checkpoint(trained, tmp_path):
     a, b = dgtr.load(ckpt)(pts, tta=False), dgtr.load(dest)(pts, tta=False)
     assert torch.equal(a.joints, b.joints) and torch.equal(a.translation, b.translation)
     assert cli_main(["export", str(tmp_path / "missing.pt"), str(dest)]) == 2
+
+
+def test_export_stores_tta_settings_and_nothing_else(trained, tmp_path):
+    _, ckpt = trained
+    dest = tmp_path / "model.pt"
+    assert cli_main(["export", str(ckpt), str(dest), "tta.tau=0.02", "tta.iterations=7"]) == 0
+    tta = dgtr.load(dest).tta_config
+    assert tta.tau == 0.02 and tta.iterations == 7 and dgtr.load(ckpt).tta_config.tau != 0.02
+    assert cli_main(["export", str(ckpt), str(tmp_path / "bad.pt"), "model.d_model=8"]) == 2
+    assert not (tmp_path / "bad.pt").exists()
