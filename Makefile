@@ -22,11 +22,13 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest tests
 
-# Train (or resume) the bundled default model on data/pybullet and export it to dgtr/checkpoints/default.pt.
+# Train (or resume) the bundled default model on data/pybullet and export it to dgtr/checkpoints/default.pt, with the
+# AB-TTA settings measured on its validation split (benchmarks/tune_tta.py --checkpoint; dgtr/tta.py docstring).
+DEFAULT_TTA := tta.tau=0.015 tta.iterations=100
 train-default: $(STAMP)
 	$(BIN)/dgtr train --config configs/bundled.yaml --data data/pybullet --out runs/default \
 		$(if $(wildcard runs/default/checkpoint.pt),--resume,)
-	$(BIN)/dgtr export runs/default/checkpoint.pt dgtr/checkpoints/default.pt
+	$(BIN)/dgtr export runs/default/checkpoint.pt dgtr/checkpoints/default.pt $(DEFAULT_TTA)
 
 bench: $(STAMP)
 	for f in benchmarks/bench_*.py; do $(BIN)/python $$f || exit 1; done
