@@ -33,6 +33,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from dgtr.config import apply_overrides
 from dgtr.data import load_grasps
 from dgtr.hand import get_hand
 from dgtr.metrics import gated_q1, penetration_depth, q1
@@ -175,8 +176,7 @@ def main() -> int:
             ("adam",), (3e-3, 1e-2, 3e-2), (25, 50, 100), (0.005, 0.01, 0.02))]
         grid += [dict(optimizer="sgd", lr=lr, iterations=50, tau=0.01) for lr in (1e-2, 1e-1, 1.0)]
     if args.settings:
-        grid = [{k: (v if k == "optimizer" else float(v) if "." in v or "e" in v else int(v))
-                 for k, v in (kv.split("=") for kv in setting.split(","))} for setting in args.settings.split(";")]
+        grid = [apply_overrides({}, setting.split(",")) for setting in args.settings.split(";")]
     jobs += [("", "coarse", kw, True) for kw in grid]
     global _JOB
     _JOB = (hand, {"real": real, "coarse": coarse}, base)

@@ -308,35 +308,18 @@ def _objects_from_args(args) -> list[tuple[str, Path]]:
     return list(found.items())
 
 
-def _tta_overrides(predictor: Predictor, overrides: list[str]) -> None:
-    from . import config
-    from .tta import TTAConfig
-
-    bad = [o for o in overrides if not o.startswith("tta.")]
-    if bad:
-        raise InputError(f"predict overrides: only tta.* settings can change at inference, got {bad}")
-    base = dict(config.to_dict(predictor.tta_config))
-    for o in overrides:
-        if "=" not in o:
-            raise InputError(f"override {o!r}: expected tta.key=value")
-        k, v = o[4:].split("=", 1)
-        import yaml
-        base[k.strip()] = yaml.safe_load(v)
-    predictor.tta_config = config.from_dict(TTAConfig, base, "tta")
-    predictor.tta_config.check()
-
-
 def run_predict(args) -> int:
     import time
 
     from .data import GraspSet, save_grasps
+    from .tta import with_overrides
 
     if args.top_k is not None and args.top_k < 1:
         raise InputError(f"--top-k: expected a positive number, got {args.top_k}")
     scales = args.scale or [1.0]
     objects = _objects_from_args(args)
     predictor = load(args.checkpoint, args.device)
-    _tta_overrides(predictor, args.overrides)
+    predictor.tta_config = with_overrides(predictor.tta_config, args.overrides)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     for code, path in objects:

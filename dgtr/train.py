@@ -602,12 +602,10 @@ def export_checkpoint(src, dest, overrides=()) -> Path:
     src, dest = Path(src), Path(dest)
     ck = read_checkpoint(src)
     cfg = config_from_checkpoint(ck, src)
-    bad = [o for o in overrides if not o.strip().startswith("tta.")]
-    if bad:
-        raise InputError(f"dgtr export: only tta.* settings can change after training, got {bad}")
     if overrides:
-        cfg = config_mod.from_dict(TrainConfig, config_mod.apply_overrides(config_mod.to_dict(cfg), overrides))
-        cfg.tta.check()
+        from .tta import with_overrides
+
+        cfg.tta = with_overrides(cfg.tta, overrides)
         ck = dict(ck, config=config_mod.to_dict(cfg))
     if cfg.total_epochs > ck.get("epoch", 0):
         print(f"dgtr export: note: {src} holds {ck.get('epoch', 0)} of {cfg.total_epochs} epochs (an unfinished run)",

@@ -82,7 +82,7 @@ import torch
 from .errors import InputError
 from .rotations import matrix_from_axis_angle, to_matrix
 
-__all__ = ["TTAConfig", "adapt", "tta_losses"]
+__all__ = ["TTAConfig", "adapt", "tta_losses", "with_overrides"]
 
 
 @dataclass
@@ -109,6 +109,20 @@ class TTAConfig:
 
 
 N_NEIGHBOURS = 8  # object points kept per keypoint between refreshes
+
+
+def with_overrides(cfg: TTAConfig, overrides) -> TTAConfig:
+    """A copy of ``cfg`` with ``tta.key=value`` overrides (YAML scalars) applied and checked (what `dgtr predict` and
+    `dgtr export` accept: nothing but AB-TTA can change after training)."""
+    from . import config
+
+    overrides = list(overrides)
+    bad = [o for o in overrides if not o.strip().startswith("tta.")]
+    if bad:
+        raise InputError(f"overrides: only tta.* settings can change after training, got {bad}")
+    new = config.from_dict(TTAConfig, config.apply_overrides({"tta": config.to_dict(cfg)}, overrides)["tta"], "tta")
+    new.check()
+    return new
 
 
 def _object_points(obj, B: int, dtype, device) -> torch.Tensor:
