@@ -6,7 +6,8 @@ Rows (median wall times; threads: torch's default, or OMP_NUM_THREADS):
 - forward: one object (4096 points) → 16 grasps, eval mode, median of ``--runs`` runs after 3 warm-ups, for the
   default ModelConfig (and ``ModelConfig.reference()`` when it differs);
 - AB-TTA: 16 grasps placed around a 10 cm object, default TTAConfig, with the nearest-point distance (point cloud
-  input) and with the mesh SDF (mesh input; its grid is built before timing);
+  input) and with the mesh SDF (mesh input; its grid is built before timing); and with the setting the bundled
+  checkpoint carries (dgtr/checkpoints/default.yaml), point cloud;
 - training: objects/s of full optimiser steps (forward, matching, losses of the stage, backward, Adam) with the
   default config on a synthetic batch of ``--train-batch`` objects × 16 ground-truth grasps, DMT and SMPT stages.
 """
@@ -24,7 +25,8 @@ from dgtr.hand import get_hand
 from dgtr.losses import SetCriterion
 from dgtr.model import ModelConfig, build_model
 from dgtr.objects import ObjectModel
-from dgtr.train import TrainConfig
+from dgtr.predict import DEFAULT_CHECKPOINT
+from dgtr.train import TrainConfig, config_from_checkpoint, read_checkpoint
 from dgtr.tta import TTAConfig, adapt
 
 
@@ -74,15 +76,12 @@ def bench_forward(cfg: ModelConfig, pts: torch.Tensor, runs: int, device) -> tup
     return ms, sum(p.numel() for p in model.parameters())
 
 
-def bench_tta(obj: ObjectModel, pts: torch.Tensor, runs: int, device) -> tuple[float, float]:
+def bench_tta(obj: ObjectModel, pts: torch.Tensor, runs: int, device, cfg: TTAConfig, mesh: bool = False) -> float:
     hand = get_hand(device)
     R, t, q = grasps_around(16, 0.05, device)
-    cfg = TTAConfig()
     p = pts.to(device)
     obj.signed_distance(torch.zeros(1, 3))  # build the SDF grid outside the timing
-    cloud = median_ms(lambda: adapt(hand, p, R, t, q, cfg), runs, device, warmup=1)
-    mesh = median_ms(lambda: adapt(hand, p, R, t, q, cfg, obj=obj), runs, device, warmup=1)
-    return cloud, mesh
+    return median_ms(lambda: adapt(hand, p, R, t, q, cfg, obj=obj if mesh else None), runs, device, warmup=1)
 
 
 def bench_train(batch: int, steps: int, device, stage: str) -> float:
@@ -135,10 +134,14 @@ def main() -> int:
         rows.append((f"forward, reference config ({n / 1e6:.2f} M params)", f"{ms:.1f} ms"))
     else:
         rows.append(("forward, ModelConfig.reference()", "= default config"))
-    cloud, mesh = bench_tta(obj, pts, args.tta_runs, device)
     it = TTAConfig().iterations
-    rows.append((f"AB-TTA, 16 grasps, {it} it, point-cloud distance", f"{cloud:.0f} ms"))
-    rows.append((f"AB-TTA, 16 grasps, {it} it, mesh SDF distance", f"{mesh:.0f} ms"))
+    for mesh in (False, True):
+        ms = bench_tta(obj, pts, args.tta_runs, device, TTAConfig(), mesh)
+        rows.append((f"AB-TTA, 16 grasps, {it} it, {'mesh SDF' if mesh else 'point-cloud'} distance", f"{ms:.0f} ms"))
+    if DEFAULT_CHECKPOINT.exists():
+        shipped = config_from_checkpoint(read_checkpoint(DEFAULT_CHECKPOINT), DEFAULT_CHECKPOINT).tta
+        ms = bench_tta(obj, pts, args.tta_runs, device, shipped)
+        rows.append((f"AB-TTA, 16 grasps, bundled model's setting ({shipped.iterations} it), point cloud", f"{ms:.0f} ms"))
     if not args.skip_train:
         for stage in ("dmt", "smpt"):
             ops = bench_train(args.train_batch, args.train_steps, device, stage)
