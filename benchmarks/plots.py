@@ -5,7 +5,9 @@
 - ``training.png``: per epoch, train and validation loss of the final decoder layer, validation penetration (mm),
   and the matching instability (share of queries whose matched ground truth changed since the previous epoch,
   the paper's Fig. 5), the DSMT stages shaded;
-- ``metrics_<suite>.png``: one bar group per metric, one bar per results row, the paper's DGTR value as a line.
+- ``metrics_<suite>.png``: one bar group per metric, one bar per results row, the paper's DGTR value as a line;
+- ``instability.png`` (``--instability LABEL=RUN ...``): matching instability per DMT epoch of several runs, e.g.
+  the ablations' λpen variants (paper Fig. 5).
 Reads ``--run``: a run folder's ``summary.json`` (written by `dgtr train`) or such a file (``dgtr export`` writes
 ``<dest>_summary.json``), and ``<results>/results.json``.
 """
@@ -61,6 +63,26 @@ def plot_training(summary: dict, out: Path) -> Path:
     return path
 
 
+def load_summary(run: str) -> dict:
+    p = Path(run)
+    return json.loads((p / "summary.json" if p.is_dir() else p).read_text())
+
+
+def plot_instability(runs: list[str], out: Path) -> Path:
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for spec in runs:
+        label, run = spec.split("=", 1)
+        ep = [r for r in load_summary(run)["epochs"] if "instability" in r]
+        ax.plot([r["epoch"] for r in ep], [100 * r["instability"] for r in ep], "o-", label=label)
+    ax.set(xlabel="epoch (dynamic matching)", ylabel="% of queries", title="matching instability (paper Fig. 5)")
+    ax.legend()
+    fig.tight_layout()
+    path = out / "instability.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def plot_metrics(results: dict, out: Path) -> list[Path]:
     from results import PAPER_DGTR  # benchmarks/results.py
 
@@ -90,6 +112,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--run", default=None, help="run folder of `dgtr train` (with summary.json), or a summary file")
     ap.add_argument("--results", default=None, help="output folder of benchmarks/results.py (with results.json)")
+    ap.add_argument("--instability", nargs="*", default=[], metavar="LABEL=RUN",
+                    help="runs (folders or summary files) whose matching instability to compare")
     ap.add_argument("--out", default="docs/img")
     args = ap.parse_args()
     out = Path(args.out)
@@ -97,11 +121,12 @@ def main() -> int:
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     written = []
     if args.run:
-        run = Path(args.run)
-        written.append(plot_training(json.loads((run / "summary.json" if run.is_dir() else run).read_text()), out))
+        written.append(plot_training(load_summary(args.run), out))
+    if args.instability:
+        written.append(plot_instability(args.instability, out))
     if args.results:
         written += plot_metrics(json.loads((Path(args.results) / "results.json").read_text()), out)
-    print("\n".join(f"wrote {p}" for p in written) or "nothing to do: give --run and/or --results")
+    print("\n".join(f"wrote {p}" for p in written) or "nothing to do: give --run, --results and/or --instability")
     return 0
 
 
