@@ -18,6 +18,7 @@ import statistics
 import sys
 import time
 
+import dgtr
 import torch
 import trimesh
 
@@ -26,7 +27,7 @@ from dgtr.losses import SetCriterion
 from dgtr.model import ModelConfig, build_model
 from dgtr.objects import ObjectModel
 from dgtr.predict import DEFAULT_CHECKPOINT
-from dgtr.train import TrainConfig, config_from_checkpoint, read_checkpoint
+from dgtr.train import TrainConfig
 from dgtr.tta import TTAConfig, adapt
 
 
@@ -139,7 +140,7 @@ def main() -> int:
         ms = bench_tta(obj, pts, args.tta_runs, device, TTAConfig(), mesh)
         rows.append((f"AB-TTA, 16 grasps, {it} it, {'mesh SDF' if mesh else 'point-cloud'} distance", f"{ms:.0f} ms"))
     if DEFAULT_CHECKPOINT.exists():
-        shipped = config_from_checkpoint(read_checkpoint(DEFAULT_CHECKPOINT), DEFAULT_CHECKPOINT).tta
+        shipped = dgtr.load("default").tta_config
         ms = bench_tta(obj, pts, args.tta_runs, device, shipped)
         rows.append((f"AB-TTA, 16 grasps, bundled model's setting ({shipped.iterations} it), point cloud", f"{ms:.0f} ms"))
     if not args.skip_train:

@@ -7,7 +7,7 @@ The spec (YAML) names the suites (a DexGraspNet-layout grasp folder, its meshes 
 (ground truth, or a checkpoint with AB-TTA on/off and top-k).  Each row of each suite predicts, for every object, at
 every scale its ground truth holds (the reference's protocol), writes ``<out>/<suite>/<row>/<code>.npy`` and evaluates
 it with ``dgtr.evaluate.evaluate`` into ``metrics.json`` there.  Finished rows are skipped (delete the folder to redo
-one; rows scored with a different --sim/--no-sim are redone), so a killed run resumes.  ``<out>/results.md`` and ``results.json`` gather every finished row, next to the
+one; rows scored with a different --sim/--no-sim or defined differently are redone), so a killed run resumes.  ``<out>/results.md`` and ``results.json`` gather every finished row, next to the
 paper's DGTR row (Table 1), with the inference time (forward + AB-TTA, per object and scale, median, this machine).
 """
 from __future__ import annotations
@@ -81,7 +81,9 @@ def run_row(row: dict, suite_name: str, suite: dict, args, root: Path) -> dict:
     report_path = out / "metrics.json"
     if report_path.exists():
         old = json.loads(report_path.read_text())
-        if old["row"].get("sim") == args.sim:
+        # redo a row whose definition changed (e.g. its AB-TTA overrides); a checkpoint re-exported under the same
+        # path is not detected: delete the row's folder then
+        if old["row"].get("sim") == args.sim and all(old["row"].get(k) == v for k, v in row.items()):
             return old
     grasps, meshes, codes = suite_objects(suite, root)
     print(f"[{suite_name}] {row['name']}: {len(codes)} objects", flush=True)
