@@ -23,7 +23,8 @@ test: $(STAMP)
 	$(BIN)/python -m pytest tests
 
 # Train (or resume) the bundled default model on data/pybullet and export it to dgtr/checkpoints/default.pt, with the
-# AB-TTA settings measured on its validation split (benchmarks/tune_tta.py --checkpoint; dgtr/tta.py docstring).
+# AB-TTA settings measured on its validation split (benchmarks/tune_tta.py --checkpoint, benchmarks/tta_val_sim.yaml;
+# dgtr/tta.py docstring).
 DEFAULT_TTA := tta.tau=0.04 tta.iterations=150 tta.alpha_pen=80 tta.beta_t=0.1
 train-default: $(STAMP)
 	$(BIN)/dgtr train --config configs/bundled.yaml --data data/pybullet --out runs/default \
