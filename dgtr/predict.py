@@ -285,6 +285,8 @@ def add_predict_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--top-k", type=int, default=None, help="DGTR*: keep the best K grasps (e.g. 4)")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--threads", type=int, default=None,
+                   help="CPU threads for torch (default: torch's choice); 1 is faster when other jobs share the cores")
     p.add_argument("--no-pictures", action="store_true", help="write only the .npy files")
     p.add_argument("overrides", nargs="*", metavar="tta.key=value", help="AB-TTA overrides, e.g. tta.iterations=100")
 
@@ -316,6 +318,10 @@ def run_predict(args) -> int:
 
     if args.top_k is not None and args.top_k < 1:
         raise InputError(f"--top-k: expected a positive number, got {args.top_k}")
+    if args.threads is not None:
+        if args.threads < 1:
+            raise InputError(f"--threads: expected a positive number, got {args.threads}")
+        torch.set_num_threads(args.threads)  # OpenMP oversubscription beside other jobs costs up to ~20x
     scales = args.scale or [1.0]
     objects = _objects_from_args(args)
     predictor = load(args.checkpoint, args.device)

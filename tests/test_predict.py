@@ -35,7 +35,7 @@ def test_cli_mesh_end_to_end(trained, tmp_path, capsys):
     _, ckpt = trained
     out = tmp_path / "out"
     assert cli_main(["predict", "--checkpoint", str(ckpt), "--mesh", str(duck()), "--scale", "0.05", "--out", str(out),
-                     "tta.iterations=3", "tta.mesh_distance=false"]) == 0
+                     "--threads", str(torch.get_num_threads()), "tta.iterations=3", "tta.mesh_distance=false"]) == 0
     g = load_grasps(out / "duck_vhacd.npy")
     assert len(g) == 8 and np.allclose(g.scale.numpy(), 0.05)  # the tiny model has 8 queries
     assert g.translation.abs().max() < 0.25 and torch.isfinite(g.joints).all()
@@ -135,6 +135,7 @@ def test_bad_input(trained, tmp_path):
     assert cli_main(["predict", "--checkpoint", str(ckpt), "--mesh", str(tmp_path / "few.npy"), "--out", out]) == 2
     assert cli_main(["predict", "--checkpoint", str(ckpt), "--mesh", str(tmp_path / "nope.obj"), "--out", out]) == 2
     assert cli_main(["predict", "--checkpoint", str(ckpt), "--mesh", str(duck()), "--out", out, "lr=3"]) == 2
+    assert cli_main(["predict", "--checkpoint", str(ckpt), "--mesh", str(duck()), "--out", out, "--threads", "0"]) == 2
 
 
 def test_export_gives_a_smaller_equivalent_checkpoint(trained, tmp_path):
