@@ -30,25 +30,24 @@ def main() -> int:
     m = p.model.eval()
     codes = read_splits(args.data)[args.split][:args.objects]
     pts = torch.stack([p.prepare(mesh_path(f"{args.data}/meshdata", c), args.scale, c)[0] for c in codes])
+    entropies = []
+
+    def attention_entropy(module, inputs):  # the layer's own cross-attention inputs, re-run for its weights
+        _, w = module.forward(*inputs, need_weights=True)
+        entropies.append((-(w * (w + 1e-12).log()).sum(-1).mean().item(), math.log(w.shape[-1])))
+
+    hooks = [layer.cross_attn.register_forward_pre_hook(attention_entropy) for layer in m.layers]
     with torch.no_grad():
         out = m(pts)
-        quat = out["quaternion"] * torch.sign(out["quaternion"][..., :1])
-        t = out["translation"] * 1e3
-        print(f"{len(codes)} {args.split} objects × {args.scale:g}: std across queries: quaternion "
-              f"{quat.std(1).mean():.4f}, translation {t.std(1).mean():.2f} mm; across objects: quaternion "
-              f"{quat.std(0).mean():.4f}, translation {t.std(0).mean():.2f} mm")
-        xyz, feats = pts, None
-        for sa in m.encoder:
-            xyz, feats = sa(xyz, feats)
-        mem, mpos = m.proj(feats), m.pos_embed(xyz / m.cfg.pos_scale)
-        qp = m.query_pos.weight.expand(len(codes), -1, -1)
-        x = torch.zeros_like(qp) if m.query_content is None else m.query_content.weight.expand(len(codes), -1, -1)
-        for i, layer in enumerate(m.layers):
-            h = layer.norms[1](x) if layer.pre_norm else x
-            _, w = layer.cross_attn(h + qp, mem + mpos, mem, need_weights=True)
-            ent = -(w * (w + 1e-12).log()).sum(-1).mean()
-            print(f"layer {i}: cross-attention entropy {ent:.3f} (uniform: {math.log(w.shape[-1]):.3f})")
-            x = layer(x, qp, mem, mpos)
+    for h in hooks:
+        h.remove()
+    quat = out["quaternion"] * torch.sign(out["quaternion"][..., :1])
+    t = out["translation"] * 1e3
+    print(f"{len(codes)} {args.split} objects × {args.scale:g}: std across queries: quaternion "
+          f"{quat.std(1).mean():.4f}, translation {t.std(1).mean():.2f} mm; across objects: quaternion "
+          f"{quat.std(0).mean():.4f}, translation {t.std(0).mean():.2f} mm")
+    for i, (ent, uniform) in enumerate(entropies):
+        print(f"layer {i}: cross-attention entropy {ent:.3f} (uniform: {uniform:.3f})")
     return 0
 
 

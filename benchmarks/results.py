@@ -13,6 +13,7 @@ paper's DGTR row (Table 1), with the inference time (forward + AB-TTA, per objec
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import platform
 import re
@@ -59,8 +60,9 @@ def predict_row(row: dict, grasps: Path, meshes: Path, codes: list[str], out: Pa
 
     ckpt = row["checkpoint"]
     predictor = dgtr.load(ckpt if ckpt == "default" else root / ckpt)
-    for k, v in (row.get("tta_overrides") or {}).items():
-        setattr(predictor.tta_config, k, v)
+    # replace() rejects an unknown key in the spec, check() a bad value
+    predictor.tta_config = dataclasses.replace(predictor.tta_config, **(row.get("tta_overrides") or {}))
+    predictor.tta_config.check()
     times = []
     for code in codes:
         scales = sorted({round(float(s), 6) for s in load_grasps(grasps / f"{code}.npy").scale})
