@@ -39,27 +39,31 @@ def demo_object(data: Path, code: str | None) -> tuple[str, Path]:
 
 
 def add_demo_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--out", default="outputs/demo", help="output folder (default outputs/demo)")
+    from .cli import positive_float, positive_int
+
+    p.add_argument("--out", default="outputs/demo", help="output folder (checked for writing before anything runs)")
     p.add_argument("--object", default=None, help="object code (default: a bundled test object, else pb_duck)")
-    p.add_argument("--scale", type=float, default=0.1, help="scale of the unit-normalised object (default 0.1)")
-    p.add_argument("--data", default=str(REPO_DATA), help="bundled dataset folder (default data/pybullet)")
-    p.add_argument("--sim", action=argparse.BooleanOptionalAction, default=True, help="simulation test (default on)")
-    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--scale", type=positive_float, default=0.1, help="scale of the unit-normalised object")
+    p.add_argument("--data", default=str(REPO_DATA), help="bundled dataset folder")
+    p.add_argument("--sim", action=argparse.BooleanOptionalAction, default=True, help="MuJoCo simulation test")
+    p.add_argument("--workers", type=positive_int, default=2, help="processes for the evaluation")
 
 
 def run_demo(args) -> int:
     import torch
 
     from . import config
+    from .cli import check_out_dir
     from .data import save_grasps
     from .evaluate import evaluate, format_table, write_json_atomic
-    from .predict import DEFAULT_CHECKPOINT, write_html, write_png
+    from .predict import DEFAULT_CHECKPOINT, print_table
     from .synth import SynthConfig, prepare_mesh, synth_object
+    from .view import write_pictures
 
     torch.set_num_threads(1)  # small batches: a second thread costs more than it gives on 2 cores
     t0 = time.perf_counter()
-    out = Path(args.out)
     code, mesh = demo_object(Path(args.data), args.object)
+    out = check_out_dir(args.out)
     obj, _ = prepare_mesh(code, mesh, out, normalize=True)
     obj = obj.with_scale(args.scale)
     grasp_file = out / "dataset" / f"{code}.npy"
@@ -68,8 +72,7 @@ def run_demo(args) -> int:
         from .predict import load
 
         predictor = load("default")
-        pts, obj, _ = predictor.prepare(obj, 1.0, code)
-        grasps = predictor.predict_points(pts, obj, args.scale, code, tta=True)
+        grasps = predictor(obj, 1.0, tta=True, code=code)   # grasps in obj's frame, at obj's scale (args.scale)
         what = "DGTR + AB-TTA"
         save_grasps(grasp_file, grasps)
     else:
@@ -83,10 +86,10 @@ def run_demo(args) -> int:
     print(f"{code} × {args.scale:g}: {len(grasps)} grasps from {what} in {time.perf_counter() - t1:.1f} s")
     from .hand import get_hand
 
-    pts = obj.sample_points(2048, seed=0)
     if len(grasps):
-        write_html(out / f"{code}.html", grasps, get_hand(), mesh=obj.mesh, title=f"{code} × {args.scale:g} ({what})")
-        write_png(out / f"{code}.png", grasps, get_hand(), pts, title=f"{code} × {args.scale:g}")
+        if "no_contact" in grasps.extra:
+            print_table(grasps)
+        write_pictures(out / code, grasps, get_hand(), mesh=obj.mesh, title=f"{code} × {args.scale:g} ({what})")
         report = evaluate(out / "dataset", out / "meshdata", objects=[code], sim=args.sim, workers=args.workers,
                           progress=False)
         write_json_atomic(out / "metrics.json", report)

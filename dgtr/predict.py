@@ -8,19 +8,34 @@ An object is a mesh file (taken in metres as loaded, × ``scale``; loaded as a u
 array/tensor (metres, × ``scale``), or an ``ObjectModel`` (its own scale × ``scale``).  A cloud of more than
 ``n_points`` (4096) points is reduced by farthest point sampling; a smaller one (≥ 64 points) is used as it is.
 
+**Frames.**  The network was trained on DexGraspNet-normalised objects: bounding-box centre at the origin, metres,
+in the orientation the meshes were modelled in (no rotation augmentation).  ``to_network`` moves the object there: a
+translation by its bounding-box centre (``NetworkInput.offset``).  Sampling happens in that frame (a mesh file is
+centred before its convex pieces are computed), so shifted copies of an object give the same cloud.  The forward
+pass, AB-TTA and the scores all run in the network frame; ``predict`` moves the grasps back, so what it returns is
+in the caller's frame.  Orientation is NOT normalised: a rotated object is grasped as the shape it appears to be
+(valid grasps in the caller's frame, but not the rotated grasps of the upright object).
+
+**Units.**  An object whose largest extent is under 1 cm or over 60 cm gets an ``ImplausibleSizeWarning`` naming its
+size and the fix (``--units mm|cm`` / ``--scale``; ``scale=`` in Python).
+
 After the forward pass AB-TTA (``dgtr.tta``, settings from the checkpoint's ``tta`` section) refines the grasps.
 ``top_k`` = DGTR*: keep the k grasps with the most contact points (contact candidates within 5 mm of the object),
-ties broken by the smaller penetration.  Each returned grasp carries ``extra`` values 'penetration' (max depth of the
-object points inside the hand, m), 'contact_points' and 'links_in_contact' (hand links within 1 cm of the object, the
-Q1 protocol's contact rule).
+ties broken by the smaller penetration.  Each returned grasp carries ``extra`` values (``score_grasps``):
+'penetration' (max depth of the object points inside the hand, m), 'contact_points', 'links_in_contact' (hand links
+within 1 cm of the object, the Q1 protocol's contact rule) and two flags, 'no_contact' (no contact point) and
+'deep_penetration' (penetration > 5 mm, ``metrics.PEN_THRESHOLD``).
 
-``dgtr predict`` writes ``<code>.npy`` (DexGraspNet format, every scale in one file), ``<code>.html`` (plotly: object
-+ one toggleable hand mesh per grasp) and ``<code>.png`` (matplotlib preview) per object; with several ``--scale``
-values the pictures are ``<code>_s<scale>.html|png``.
+``dgtr predict`` writes ``<code>.npy`` (DexGraspNet format, every scale in one file, the values above as extra keys),
+``<code>.html`` and ``<code>.png`` (``dgtr.view``: every grasp, best first when ranked) per object; with several
+``--scale`` values the pictures are ``<code>_s<scale>.html|png``.
 """
 from __future__ import annotations
 
 import argparse
+import sys
+import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -28,19 +43,27 @@ import torch
 
 from .errors import FileFormatError, InputError, MissingFileError
 
-__all__ = ["Predictor", "load", "DEFAULT_CHECKPOINT", "add_predict_args", "run_predict"]
+__all__ = ["Predictor", "NetworkInput", "ImplausibleSizeWarning", "load", "score_grasps", "DEFAULT_CHECKPOINT",
+           "add_predict_args", "run_predict"]
 
 DEFAULT_CHECKPOINT = Path(__file__).resolve().parent / "checkpoints" / "default.pt"
 POINT_CLOUD_EXTENSIONS = (".npy", ".xyz", ".txt", ".pts")
 CONTACT_POINT_DISTANCE = 0.005  # m: a contact candidate this close to the object is a contact point (DGTR* ranking)
+PLAUSIBLE_EXTENT = (0.01, 0.60)  # m: largest extent of an object a ShadowHand can grasp
+UNITS = {"m": 1.0, "cm": 0.01, "mm": 0.001}
+
+
+class ImplausibleSizeWarning(UserWarning):
+    """The object is too small or too large for a hand: probably not in metres."""
 
 
 # --------------------------------------------------------------------------------------------- object input
 def _check_cloud(pts, name: str) -> torch.Tensor:
+    """(N, 3) float64 tensor, checked."""
     from .model import MIN_POINTS
 
     try:
-        x = torch.as_tensor(np.asarray(pts.detach().cpu() if torch.is_tensor(pts) else pts, dtype=np.float32))
+        x = torch.as_tensor(np.asarray(pts.detach().cpu() if torch.is_tensor(pts) else pts, dtype=np.float64))
     except (TypeError, ValueError) as e:
         raise InputError(f"{name}: cannot be read as an (N, 3) array of numbers ({e})") from None
     if x.ndim != 2 or x.shape[1] != 3:
@@ -77,6 +100,105 @@ def _is_object_model(x) -> bool:
     return hasattr(x, "sample_points") and hasattr(x, "signed_distance") and hasattr(x, "with_scale")
 
 
+_GENERIC = np.array([0.7236, 0.5257, 0.4472])  # a direction no mesh is symmetric about: orders vertices and faces
+
+
+def canonical_piece(piece):
+    """A convex piece with a triangulation that depends only on its shape: each planar facet (trimesh ``facets``)
+    fanned from its vertex lowest along ``_GENERIC``, faces sorted along it.  qhull triangulates coplanar faces (the
+    caps of a cylinder, the sides of a box) differently under 1e-16 noise, and area sampling follows triangles, so
+    without this a shifted copy of a mesh file would get another point cloud."""
+    import trimesh
+
+    v, f = np.asarray(piece.vertices), np.asarray(piece.faces)
+    in_facet = np.zeros(len(f), dtype=bool)
+    tris = []
+    for faces, normal in zip(piece.facets, piece.facets_normal):
+        in_facet[faces] = True
+        ring = np.unique(f[faces])
+        c = v[ring].mean(0)
+        u = np.cross(normal, [1.0, 0, 0] if abs(normal[0]) < 0.9 else [0, 1.0, 0])
+        u /= np.linalg.norm(u)
+        w = np.cross(normal, u)
+        ring = ring[np.argsort(np.arctan2((v[ring] - c) @ w, (v[ring] - c) @ u))]  # counter-clockwise: outward
+        ring = np.roll(ring, -int(np.argmin(v[ring] @ _GENERIC)))
+        tris += [(ring[0], ring[k], ring[k + 1]) for k in range(1, len(ring) - 1)]
+    tris = np.array(tris + [tuple(x) for x in f[~in_facet]], dtype=np.int64).reshape(-1, 3)
+    area = np.linalg.norm(np.cross(v[tris[:, 1]] - v[tris[:, 0]], v[tris[:, 2]] - v[tris[:, 0]]), axis=1)
+    tris = tris[area > 1e-12 * float(np.ptp(v, 0).max()) ** 2]         # collinear boundary points: no area
+    tris = tris[np.argsort(v[tris].mean(1) @ _GENERIC, kind="stable")]
+    return trimesh.Trimesh(v, tris, process=False)
+
+
+def centred_object(obj):
+    """(copy of an ObjectModel with its bounding-box centre at the origin, offset (3,) m at its scale): the object is
+    ``copy + offset``.  The object itself when it is centred already (DexGraspNet meshdata is)."""
+    from .objects import ObjectModel
+
+    unit = obj.with_scale(1.0)
+    c = unit.bounds.mean(0)
+    if not c.any():
+        return obj, np.zeros(3)
+    pieces = [p.copy().apply_translation(-c) for p in unit.pieces]
+    return ObjectModel(pieces, code=obj.code, source=obj.source, scale=obj.scale), c * obj.scale
+
+
+def size_warning(extent: float, code: str, scale: float) -> str | None:
+    """The message of an ``ImplausibleSizeWarning`` for an object of largest extent ``extent`` m, or None."""
+    lo, hi = PLAUSIBLE_EXTENT
+    if lo <= extent <= hi:
+        return None
+    return (f"{code}: largest extent {extent:.3g} m at scale {scale:g} is implausible for a hand (expected "
+            f"{lo * 100:g}-{hi * 100:g} cm; coordinates are read as metres): if the object is in millimetres or "
+            "centimetres use --units mm|cm (Python: scale=0.001|0.01), or fix --scale")
+
+
+@dataclass
+class NetworkInput:
+    """An object in the network's frame (module docstring, Frames).
+
+    points (N, 3) float32 · obj: ObjectModel in the same frame at the scale used, or None (a point cloud) · code ·
+    scale: the scale written into the grasp records · offset (3,) float64 m: caller's frame = network frame + offset.
+    """
+
+    points: torch.Tensor
+    obj: object
+    code: str
+    scale: float
+    offset: np.ndarray
+
+
+def score_grasps(hand, points: torch.Tensor, R, t, q) -> dict[str, np.ndarray]:
+    """Per-grasp values (B,) of B grasps on an object given by points (P, 3) (same frame as the grasps, metres):
+    'penetration' (m, max depth of the points inside the hand), 'contact_points' (contact candidates within 5 mm),
+    'links_in_contact' (links within 1 cm, the Q1 protocol's rule), 'no_contact' (no contact point),
+    'deep_penetration' (penetration > ``metrics.PEN_THRESHOLD``, 5 mm).  R (B,3,3), t (B,3), q (B,22)."""
+    from .metrics import CONTACT_THRESHOLD, PEN_THRESHOLD
+
+    R, t, q = (torch.as_tensor(x, dtype=torch.float32) for x in (R, t, q))
+    P = torch.as_tensor(points, dtype=torch.float32)[None].expand(R.shape[0], -1, -1)
+    with torch.no_grad():
+        per_link = hand.signed_distance(R, t, q, P, per_link=True)             # (B, P, G), positive inside
+        near = torch.cdist(hand.contact_candidates(R, t, q), P).amin(-1)      # (B, C)
+    pen = per_link.amax((1, 2)).clamp_min(0).numpy()
+    contacts = (near < CONTACT_POINT_DISTANCE).sum(-1).numpy()
+    return {"penetration": pen, "contact_points": contacts,
+            "links_in_contact": (per_link.amax(1) > -CONTACT_THRESHOLD).sum(-1).numpy(),
+            "no_contact": contacts == 0, "deep_penetration": pen > PEN_THRESHOLD}
+
+
+def grasp_flags(extra: dict, i: int) -> str:
+    """The flag text of grasp i ("" when fine): 'no contact', 'pen > 5 mm'."""
+    from .metrics import PEN_THRESHOLD
+
+    out = []
+    if "no_contact" in extra and bool(extra["no_contact"][i]):
+        out.append("no contact")
+    if "deep_penetration" in extra and bool(extra["deep_penetration"][i]):
+        out.append(f"pen > {PEN_THRESHOLD * 1e3:g} mm")
+    return ", ".join(out)
+
+
 # ----------------------------------------------------------------------------------------------- predictor
 class Predictor:
     """A trained DGTR + hand + AB-TTA settings.  ``predictor(obj, scale, tta, top_k) -> GraspSet``."""
@@ -88,86 +210,130 @@ class Predictor:
         self.tta_config = cfg.tta
         self.hand = get_hand(self.device)
         self.cpu_hand = get_hand()
+        self._loaded: tuple = (None, None)  # (key, normalised ObjectModel) of the last mesh file: scales share it
 
     @property
     def n_points(self) -> int:
         return self.cfg.model.n_points
 
-    def prepare(self, obj, scale: float = 1.0, code: str | None = None):
-        """Object input → (points (N, 3) float32 CPU tensor in metres, ObjectModel or None, code)."""
+    def _load_mesh(self, path: Path, code: str | None):
+        """A mesh file as an ObjectModel normalised like DexGraspNet (centred BEFORE its convex pieces are computed,
+        and triangulated by ``canonical_piece``: a shifted file gives the same pieces), cached for the next call with
+        the same file."""
+        from .objects import load_object
+
+        st = path.stat()
+        key = (str(path.resolve()), st.st_mtime_ns, st.st_size, code)
+        if self._loaded[0] != key:
+            from .objects import ObjectModel
+
+            obj = load_object(path, normalize=True, code=code)
+            pieces = [canonical_piece(p) for p in obj.pieces]
+            self._loaded = (key, ObjectModel(pieces, code=obj.code, source=obj.source,
+                                             normalization=obj.normalization))
+        return self._loaded[1]
+
+    def to_network(self, obj, scale: float = 1.0, code: str | None = None) -> NetworkInput:
+        """Object input (module docstring) × scale → ``NetworkInput`` in the network's frame; warns
+        (``ImplausibleSizeWarning``) when the object is not hand-sized."""
         from .model import farthest_point_sample
 
         scale = float(scale)
         if not np.isfinite(scale) or scale <= 0:
             raise InputError(f"scale: must be a positive number, got {scale}")
-        model_obj = None
+        model_obj, used, offset = None, scale, np.zeros(3)
         if isinstance(obj, (str, Path)):
             cloud = read_point_cloud(obj)
             if cloud is None:
-                from .objects import load_object
-                model_obj = load_object(obj, scale=scale)
-                code = code or model_obj.code
+                base = self._load_mesh(Path(obj), code)
+                centre, factor = base.normalization  # file = loaded / factor + centre
+                model_obj, offset = base.with_scale(scale / factor), np.asarray(centre, dtype=np.float64) * scale
+                code = code or base.code
             else:
-                obj, code = np.asarray(cloud, dtype=np.float64) * scale, code or Path(obj).stem
+                obj, code = _check_cloud(cloud, str(obj)), code or Path(obj).stem
         elif _is_object_model(obj):
-            model_obj = obj.with_scale(obj.scale * scale)
+            model_obj, used = obj.with_scale(obj.scale * scale), obj.scale * scale
             code = code or getattr(obj, "code", "object")
         else:
-            obj = _check_cloud(obj, "points") * scale
+            obj = _check_cloud(obj, "points")
         if model_obj is not None:
+            model_obj, c = centred_object(model_obj)
+            offset = offset + c
             pts = torch.from_numpy(np.asarray(model_obj.sample_points(self.n_points, seed=0), dtype=np.float32))
+            extent = float((model_obj.bounds[1] - model_obj.bounds[0]).max())
         else:
-            pts = _check_cloud(obj, "points")
-        if pts.shape[0] > self.n_points:
-            pts = pts[farthest_point_sample(pts, self.n_points)]
-        return pts, model_obj, code or "object"
+            x = obj * scale                                                     # float64
+            c = ((x.amin(0) + x.amax(0)) / 2).numpy()
+            pts, offset = (x - torch.from_numpy(c)).float(), c
+            extent = float((x.amax(0) - x.amin(0)).max())
+            if pts.shape[0] > self.n_points:
+                pts = pts[farthest_point_sample(pts, self.n_points)]
+        code = code or "object"
+        msg = size_warning(extent, code, used)
+        if msg:
+            warnings.warn(msg, ImplausibleSizeWarning, stacklevel=2)
+        return NetworkInput(pts, model_obj, code, used, offset)
 
     @torch.no_grad()
     def raw(self, points: torch.Tensor):
-        """points (N, 3) → (R (Q,3,3), t (Q,3), q (Q,22)) of the forward pass, on the CPU."""
+        """points (N, 3) network frame → (R (Q,3,3), t (Q,3), q (Q,22)) of the forward pass, on the CPU."""
         out = self.model(points[None].to(self.device))
         return out["rotation"][0].cpu(), out["translation"][0].cpu(), out["joints"][0].cpu()
 
-    @torch.no_grad()
-    def score(self, points: torch.Tensor, R, t, q) -> dict[str, torch.Tensor]:
-        """Per grasp (B,): 'penetration' (m), 'contact_points', 'links_in_contact' (see module docstring)."""
-        from .metrics import CONTACT_THRESHOLD
+    def score(self, points: torch.Tensor, R, t, q) -> dict[str, np.ndarray]:
+        """``score_grasps`` with this predictor's hand."""
+        return score_grasps(self.cpu_hand, points, R, t, q)
 
-        hand, B = self.cpu_hand, R.shape[0]
-        P = points[None].expand(B, -1, -1)
-        per_link = hand.signed_distance(R, t, q, P, per_link=True)            # (B, P, G), positive inside
-        kp = hand.contact_candidates(R, t, q)                                  # (B, C, 3)
-        near = torch.cdist(kp, P).amin(-1)                                    # (B, C)
-        return {"penetration": per_link.amax((1, 2)).clamp_min(0),
-                "contact_points": (near < CONTACT_POINT_DISTANCE).sum(-1),
-                "links_in_contact": (per_link.amax(1) > -CONTACT_THRESHOLD).sum(-1)}
-
-    def __call__(self, obj, scale: float = 1.0, tta: bool = True, top_k: int | None = None, code: str | None = None):
-        """Grasps for one object → ``GraspSet`` (Q grasps, or ``top_k``), 'scale' = the scale used."""
-        pts, model_obj, code = self.prepare(obj, scale, code)
-        used = model_obj.scale if model_obj is not None else float(scale)
-        return self.predict_points(pts, model_obj, used, code, tta, top_k)
-
-    def predict_points(self, pts: torch.Tensor, model_obj, scale: float, code: str, tta: bool = True,
-                       top_k: int | None = None):
-        """``prepare``'s output → GraspSet.  pts (N, 3) metres; model_obj: ObjectModel at that scale or None."""
+    def predict(self, inp: NetworkInput, tta: bool = True, top_k: int | None = None):
+        """``NetworkInput`` → GraspSet in the caller's frame (Q grasps, or the best ``top_k``)."""
         from .data import GraspSet
         from .tta import adapt
 
         if top_k is not None and not 1 <= int(top_k) <= self.cfg.model.n_queries:
             raise InputError(f"top_k: expected 1..{self.cfg.model.n_queries}, got {top_k}")
+        pts = inp.points
         R, t, q = self.raw(pts)
-        if tta:
+        if tta:  # in the network frame, like the forward pass: shifted copies get the same refinement
             dev = self.device
-            R, t, q = adapt(self.hand, pts.to(dev), R.to(dev), t.to(dev), q.to(dev), self.tta_config, obj=model_obj)
+            R, t, q = adapt(self.hand, pts.to(dev), R.to(dev), t.to(dev), q.to(dev), self.tta_config, obj=inp.obj)
             R, t, q = R.cpu(), t.cpu(), q.cpu()
         sc = self.score(pts, R, t, q)
-        order = torch.arange(R.shape[0])
+        order = np.arange(R.shape[0])
         if top_k is not None:  # DGTR*: most contact points first, then least penetration (lexsort: last key first)
-            order = torch.from_numpy(np.lexsort((sc["penetration"].numpy(), -sc["contact_points"].numpy())))
-            order = order[:int(top_k)]
-        extra = {k: v[order].numpy() for k, v in sc.items()}
-        return GraspSet.from_pose(R[order], t[order], q[order], scale, code=code, extra=extra)
+            order = np.lexsort((sc["penetration"], -sc["contact_points"]))[:int(top_k)]
+        idx = torch.from_numpy(order)
+        t_user = t[idx].double() + torch.from_numpy(inp.offset)
+        return GraspSet.from_pose(R[idx], t_user, q[idx], inp.scale, code=inp.code,
+                                  extra={k: v[order] for k, v in sc.items()})
+
+    def __call__(self, obj, scale: float = 1.0, tta: bool = True, top_k: int | None = None, code: str | None = None):
+        """Grasps for one object in its own frame → ``GraspSet`` (Q grasps, or ``top_k``), 'scale' = the scale used."""
+        return self.predict(self.to_network(obj, scale, code), tta, top_k)
+
+    # The two halves of __call__ in the caller's frame, for callers that time the prediction alone
+    # (benchmarks/results.py): prepare = to_network moved back; predict_points moves its input to the network frame.
+    def prepare(self, obj, scale: float = 1.0, code: str | None = None):
+        """Object input → (points (N, 3) float32 in the caller's frame, ObjectModel (caller's frame) or None, code)."""
+        inp = self.to_network(obj, scale, code)
+        pts = (inp.points.double() + torch.from_numpy(inp.offset)).float()
+        obj = inp.obj
+        if obj is not None and inp.offset.any():
+            from .objects import ObjectModel
+            obj = ObjectModel([p.copy().apply_translation(inp.offset) for p in obj.pieces], code=obj.code,
+                              source=obj.source, scale=1.0)
+        return pts, obj, inp.code
+
+    def predict_points(self, pts: torch.Tensor, model_obj, scale: float, code: str, tta: bool = True,
+                       top_k: int | None = None):
+        """``prepare``'s output → GraspSet (caller's frame).  pts (N, 3) metres; model_obj: ObjectModel at that scale
+        or None."""
+        pts = torch.as_tensor(pts).double()
+        if model_obj is not None:
+            model_obj, offset = centred_object(model_obj)
+        else:
+            offset = ((pts.amin(0) + pts.amax(0)) / 2).numpy()
+        inp = NetworkInput((pts - torch.from_numpy(offset)).float(), model_obj, code, float(scale), offset)
+        return self.predict(inp, tta, top_k)
 
 
 def load(checkpoint="default", device="cpu") -> Predictor:
@@ -196,96 +362,27 @@ def load(checkpoint="default", device="cpu") -> Predictor:
     return Predictor(model.to(device), cfg, device, source=str(path))
 
 
-# ------------------------------------------------------------------------------------------------- pictures
-_COLOURS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22",
-            "#17becf"]
-
-
-def _cluster(mesh, cell: float = 0.003):
-    """Vertex-clustering decimation (cell in m): the hand's STL meshes have ~20k faces; 3 mm keeps the shape and
-    makes a 16-hand HTML a few MB instead of tens."""
-    key = np.floor(mesh.vertices / cell).astype(np.int64)
-    _, inv = np.unique(key, axis=0, return_inverse=True)
-    inv = inv.reshape(-1)
-    n = inv.max() + 1
-    v = np.zeros((n, 3))
-    np.add.at(v, inv, mesh.vertices)
-    v /= np.bincount(inv, minlength=n)[:, None]
-    f = inv[mesh.faces]
-    f = f[(f[:, 0] != f[:, 1]) & (f[:, 1] != f[:, 2]) & (f[:, 0] != f[:, 2])]
-    return v, np.unique(f, axis=0)
-
-
-def write_html(path, grasps, hand, mesh=None, points=None, title: str = "") -> None:
-    """Plotly scene: the object (mesh, else points) and each grasp's hand as one mesh trace, toggled in the legend."""
-    import plotly.graph_objects as go
-    import trimesh
-
-    traces = []
-    if mesh is not None:
-        v, f = np.asarray(mesh.vertices, dtype=np.float32), np.asarray(mesh.faces)
-        traces.append(go.Mesh3d(x=v[:, 0], y=v[:, 1], z=v[:, 2], i=f[:, 0], j=f[:, 1], k=f[:, 2], color="lightgray",
-                                opacity=1.0, name="object", showlegend=True, flatshading=True))
-    else:
-        p = np.asarray(points, dtype=np.float32)
-        traces.append(go.Scatter3d(x=p[:, 0], y=p[:, 1], z=p[:, 2], mode="markers", name="object",
-                                   marker=dict(size=1.5, color="gray")))
-    R, t, q = grasps.rotation.float(), grasps.translation.float(), grasps.joints.float()
-    pen = grasps.extra.get("penetration")
-    for i in range(len(grasps)):
-        v, f = _cluster(trimesh.util.concatenate(hand.visual_meshes(R[i], t[i], q[i])))
-        v = v.astype(np.float32)
-        name = f"grasp {i}" + (f" (pen {pen[i] * 1e3:.1f} mm)" if pen is not None else "")
-        traces.append(go.Mesh3d(x=v[:, 0], y=v[:, 1], z=v[:, 2], i=f[:, 0], j=f[:, 1], k=f[:, 2], name=name,
-                                color=_COLOURS[i % len(_COLOURS)], opacity=0.9, showlegend=True, flatshading=True))
-    fig = go.Figure(traces)
-    fig.update_layout(title=title, scene=dict(aspectmode="data"), margin=dict(l=0, r=0, t=40, b=0),
-                      legend=dict(title="click to show/hide"))
-    fig.write_html(str(path), include_plotlyjs=True, full_html=True)  # self-contained: works offline
-
-
-def write_png(path, grasps, hand, points, n_hands: int = 4, title: str = "") -> None:
-    """Small matplotlib preview: object points and the first ``n_hands`` hands as surface points."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    p = np.asarray(points)[:: max(1, len(points) // 1500)]
-    fig = plt.figure(figsize=(4, 4), dpi=100)
-    ax = fig.add_subplot(projection="3d")
-    ax.scatter(p[:, 0], p[:, 1], p[:, 2], s=1, c="gray", depthshade=False)
-    k = min(n_hands, len(grasps))
-    if k:
-        with torch.no_grad():
-            h = hand.surface_points(grasps.rotation[:k].float(), grasps.translation[:k].float(),
-                                    grasps.joints[:k].float()).numpy()[:, ::4]
-        for i in range(k):
-            ax.scatter(h[i, :, 0], h[i, :, 1], h[i, :, 2], s=1, c=_COLOURS[i % len(_COLOURS)], depthshade=False)
-        p = np.concatenate([p, h.reshape(-1, 3)])
-    lo, hi = p.min(0), p.max(0)
-    ax.set_box_aspect(np.maximum(hi - lo, 1e-6), zoom=1.4)
-    ax.set_axis_off()
-    ax.set_title(title, fontsize=8)
-    fig.subplots_adjust(0, 0, 1, 0.95)
-    fig.savefig(str(path))
-    plt.close(fig)
-
-
 # ------------------------------------------------------------------------------------------------------ CLI
 def add_predict_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--checkpoint", default="default", help="checkpoint of `dgtr train` (default: the bundled one)")
+    from .cli import positive_float, positive_int
+
+    p.add_argument("--checkpoint", default="default", help="checkpoint of `dgtr train`; 'default': the bundled one")
     src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--mesh", help="one mesh (obj/stl/ply/off, metres) or point cloud (.npy (N,3), .xyz, .ply)")
+    src.add_argument("--mesh", help="one mesh (obj/stl/ply/off) or point cloud (.npy (N,3), .xyz, .ply), anywhere "
+                                    "in its own frame (it is centred for the network and the grasps moved back)")
     src.add_argument("--meshes", help="folder of meshes: DexGraspNet meshdata (<code>/coacd/decomposed.obj) or "
                                       "<code>.obj|stl|ply|off")
     p.add_argument("--objects", help="with --meshes: comma-separated codes to predict (default: all)")
-    p.add_argument("--scale", type=float, nargs="+", action="extend", default=None,
-                   help="object scale(s): --scale 0.06 0.1 or repeated (default 1: the mesh as loaded, in metres)")
-    p.add_argument("--tta", action=argparse.BooleanOptionalAction, default=True, help="AB-TTA refinement (default on)")
-    p.add_argument("--top-k", type=int, default=None, help="DGTR*: keep the best K grasps (e.g. 4)")
-    p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--device", default="cpu", help="cpu or cuda")
-    p.add_argument("--threads", type=int, default=None,
+    p.add_argument("--scale", type=positive_float, nargs="+", action="extend", default=None,
+                   help="object scale(s): --scale 0.06 0.1 or repeated (default: 1, the mesh as loaded)")
+    p.add_argument("--units", choices=sorted(UNITS), default="m",
+                   help="unit of the file's coordinates (× --scale); the grasp records store the combined scale")
+    p.add_argument("--tta", action=argparse.BooleanOptionalAction, default=True, help="AB-TTA refinement")
+    p.add_argument("--top-k", type=positive_int, default=None,
+                   help="DGTR*: keep the best K grasps, most contact points first (default: all, unranked)")
+    p.add_argument("--out", required=True, help="output folder (checked for writing before anything runs)")
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="torch device")
+    p.add_argument("--threads", type=positive_int, default=None,
                    help="CPU threads for torch (default: torch's choice); 1 is faster when other jobs share the cores")
     p.add_argument("--no-pictures", action="store_true", help="write only the .npy files")
     p.add_argument("overrides", nargs="*", metavar="tta.key=value", help="AB-TTA overrides, e.g. tta.iterations=100")
@@ -300,6 +397,8 @@ def _objects_from_args(args) -> list[tuple[str, Path]]:
         return [(code, path)]
     from .objects import list_objects
 
+    if not Path(args.meshes).is_dir():
+        raise MissingFileError(f"--meshes: folder not found: {args.meshes}")
     found = list_objects(args.meshes)
     if args.objects:
         want = [c.strip() for c in args.objects.split(",") if c.strip()]
@@ -310,49 +409,61 @@ def _objects_from_args(args) -> list[tuple[str, Path]]:
     return list(found.items())
 
 
+def print_table(g, indices=None, file=None) -> None:
+    """The per-grasp table of ``dgtr predict`` / ``dgtr view`` with the flags, and a warning line when no grasp
+    touches the object or some penetrate.  indices: the grasp numbers shown (default 0..n-1)."""
+    file = file or sys.stdout
+    indices = range(len(g)) if indices is None else indices
+    print(f"  {'#':>3} {'pen (mm)':>9} {'links ≤1cm':>10} {'contact pts':>11}  flag", file=file)
+    for i, n in zip(range(len(g)), indices):
+        print(f"  {int(n):>3} {g.extra['penetration'][i] * 1e3:9.2f} {int(g.extra['links_in_contact'][i]):10d} "
+              f"{int(g.extra['contact_points'][i]):11d}  {grasp_flags(g.extra, i)}".rstrip(), file=file)
+    from .metrics import PEN_THRESHOLD
+
+    n, none, deep = len(g), int(g.extra["no_contact"].sum()), int(g.extra["deep_penetration"].sum())
+    if n and none == n:
+        print(f"  warning: none of the {n} grasps touches the object (no contact point within "
+              f"{CONTACT_POINT_DISTANCE * 1e3:g} mm): check the object's units and scale", file=file)
+    if deep:
+        print(f"  warning: {deep} of {n} grasps penetrate the object by more than {PEN_THRESHOLD * 1e3:g} mm "
+              "(flagged)", file=file)
+
+
 def run_predict(args) -> int:
     import time
 
+    from .cli import check_out_dir
     from .data import GraspSet, save_grasps
     from .tta import with_overrides
+    from .view import write_pictures
 
-    if args.top_k is not None and args.top_k < 1:
-        raise InputError(f"--top-k: expected a positive number, got {args.top_k}")
     if args.threads is not None:
-        if args.threads < 1:
-            raise InputError(f"--threads: expected a positive number, got {args.threads}")
         torch.set_num_threads(args.threads)  # OpenMP oversubscription beside other jobs costs up to ~20x
-    scales = args.scale or [1.0]
+    scales, unit = args.scale or [1.0], UNITS[args.units]
     objects = _objects_from_args(args)
+    out = check_out_dir(args.out)
     predictor = load(args.checkpoint, args.device)
     predictor.tta_config = with_overrides(predictor.tta_config, args.overrides)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     for code, path in objects:
-        cloud = read_point_cloud(path)
-        if cloud is None:  # a mesh: load (and decompose) once, then every scale shares it
-            from .objects import load_object
-            base = load_object(path, code=code)
-        else:
-            base = _check_cloud(cloud, str(path))
         sets = []
         for s in scales:
             t0 = time.perf_counter()
-            pts, obj, _ = predictor.prepare(base, s, code)
-            g = predictor.predict_points(pts, obj, s, code, tta=args.tta, top_k=args.top_k)
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always", ImplausibleSizeWarning)
+                inp = predictor.to_network(path, s * unit, code)
+            for w in caught:
+                print(f"dgtr predict: warning: {w.message}", file=sys.stderr)
+            g = predictor.predict(inp, tta=args.tta, top_k=args.top_k)
             dt = time.perf_counter() - t0
             sets.append(g)
-            print(f"{code} scale {s:g}: {len(g)} grasps in {dt:.2f} s ({'AB-TTA' if args.tta else 'no TTA'})")
-            print(f"  {'#':>3} {'pen (mm)':>9} {'links ≤1cm':>10} {'contact pts':>11}")
-            for i in range(len(g)):
-                print(f"  {i:>3} {g.extra['penetration'][i] * 1e3:9.2f} {int(g.extra['links_in_contact'][i]):10d} "
-                      f"{int(g.extra['contact_points'][i]):11d}")
-            if not args.no_pictures:
+            print(f"{code} scale {s * unit:g}: {len(g)} grasps in {dt:.2f} s ({'AB-TTA' if args.tta else 'no TTA'})")
+            print_table(g)
+            if not args.no_pictures:  # in the caller's frame, like the grasps
                 stem = code if len(scales) == 1 else f"{code}_s{s:g}"
-                title = f"{code} × {s:g}"
-                write_html(out / f"{stem}.html", g, predictor.cpu_hand, mesh=obj.mesh if obj is not None else None,
-                           points=pts.numpy(), title=title)
-                write_png(out / f"{stem}.png", g, predictor.cpu_hand, pts.numpy(), title=title)
+                mesh = inp.obj.mesh.copy().apply_translation(inp.offset) if inp.obj is not None else None
+                order = f"DGTR* top {args.top_k}, best first" if args.top_k else f"{len(g)} grasps"
+                write_pictures(out / stem, g, predictor.cpu_hand, mesh=mesh, points=inp.points.numpy() + inp.offset,
+                               title=f"{code} × {s * unit:g} ({order})")
         save_grasps(out / f"{code}.npy", GraspSet.concat(sets))
     print(f"wrote {len(objects)} object(s) to {out}")
     return 0

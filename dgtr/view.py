@@ -1,0 +1,435 @@
+"""Pictures and MuJoCo scenes of grasps: ``dgtr view`` and the pictures ``dgtr predict`` / ``dgtr demo`` write.
+
+    dgtr view outputs/demo/dataset/pb_mug.npy --meshes outputs/demo/meshdata [--index 0 3] [--limit 16] [--scale 0.1]
+              [--out outputs/view] [--mjcf scene.xml]
+
+Works for any DexGraspNet-format grasp file (ours, the dataset's, another method's): the object is
+``--meshes``' ``<code>/coacd/decomposed.obj`` (or ``<code>.obj|stl|ply|off``, or a mesh file) × each grasp's scale.
+
+- ``<stem>.png``: every grasp its own small view, in file order (best first when the file is ranked), each the hand's
+  surface (its visual meshes, decimated) with the object, seen from the side of the approach, titled with the grasp's
+  index, penetration, contact points and flags (``dgtr.predict.score_grasps``).
+- ``<stem>.html``: plotly, one grasp at a time with a slider to step through them and an "all" step; the object is one
+  shared trace; one colour per grasp (distinct hues for any number of grasps).  ``plotly.min.js`` (4.8 MB) is written
+  once beside it, so the page works offline and each HTML stays small (~1 MB for 16 grasps).
+- ``--mjcf OUT.xml``: a MuJoCo scene of the hand and the object at the first selected grasp (world = object frame; the
+  hand mounted at the grasp's wrist pose, its joints starting at the grasp's angles), built from
+  ``dgtr.simulate.build_mjcf``: ``python -m mujoco.viewer --mjcf=OUT.xml``.  Load key "grasp" before pressing play so
+  the joint actuators hold the grasp (the simulation test's physics, gravity along -z of the object frame).
+"""
+from __future__ import annotations
+
+import argparse
+import colorsys
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .errors import InputError
+
+__all__ = ["grasp_colours", "hand_surface", "hand_skeleton", "grasp_figure", "write_png", "write_html", "write_pictures", "grasp_scene_mjcf",
+           "add_view_args", "run_view"]
+
+PNG_CELL = 0.005    # m: vertex-clustering cell of the hand in the PNG (small views)
+HTML_CELL = 0.005   # m: ... in the HTML (~80 kB per hand)
+MAX_OBJECT_FACES = 20000
+
+
+# ------------------------------------------------------------------------------------------------- geometry
+def grasp_colours(n: int) -> list[str]:
+    """n distinct colours for any n: n evenly spaced hues, neighbouring hues alternately darker and lighter, handed
+    out in a stride so that consecutive grasps get far-apart hues."""
+    step = next(k for k in range(max(1, round(n * 0.382)), 0, -1) if math.gcd(k, n) == 1)
+    out = []
+    for i in range(n):
+        j = (i * step) % n
+        r, g, b = colorsys.hls_to_rgb(0.6 + j / n, 0.38 if j % 2 else 0.58, 0.85)
+        out.append(f"#{round(r * 255):02x}{round(g * 255):02x}{round(b * 255):02x}")
+    return out
+
+
+def _cluster(v: np.ndarray, f: np.ndarray, cell: float) -> tuple[np.ndarray, np.ndarray]:
+    """Vertex-clustering decimation (cell in m): vertices in one cell merge to their mean, collapsed faces go."""
+    key = np.floor(v / cell).astype(np.int64)
+    _, inv = np.unique(key, axis=0, return_inverse=True)
+    inv = inv.reshape(-1)
+    n = inv.max() + 1
+    out = np.zeros((n, 3))
+    np.add.at(out, inv, v)
+    out /= np.bincount(inv, minlength=n)[:, None]
+    f = inv[f]
+    f = f[(f[:, 0] != f[:, 1]) & (f[:, 1] != f[:, 2]) & (f[:, 0] != f[:, 2])]
+    return out, np.unique(f, axis=0)
+
+
+def hand_surface(hand, R, t, q, cell: float = HTML_CELL) -> tuple[np.ndarray, np.ndarray]:
+    """The hand's visual meshes at one grasp, each link decimated on its own (so touching fingers do not merge):
+    R (3,3), t (3,), q (22,) → (vertices (V, 3) float64 m, faces (F, 3) int)."""
+    vs, fs, n = [], [], 0
+    for m in hand.visual_meshes(torch.as_tensor(R, dtype=torch.float32), torch.as_tensor(t, dtype=torch.float32),
+                                torch.as_tensor(q, dtype=torch.float32)):
+        v, f = _cluster(np.asarray(m.vertices), np.asarray(m.faces), cell)
+        vs.append(v)
+        fs.append(f + n)
+        n += len(v)
+    return np.concatenate(vs), np.concatenate(fs)
+
+
+def hand_skeleton(hand, R, t, q) -> np.ndarray:
+    """The hand at one grasp as line segments: every link origin joined to its parent's, and each fingertip (the
+    distal link's visual-mesh vertex farthest from its joint) to its link → (S, 3) points, NaN rows between
+    segments (a plotly line trace)."""
+    R, t, q = (torch.as_tensor(x, dtype=torch.float32) for x in (R, t, q))
+    with torch.no_grad():
+        origin = hand.link_transforms(R[None], t[None], q[None])[0, :, :3, 3].double().numpy()   # (L, 3)
+    names = [link.name for link in hand.tree]
+    parents = [link.parent for link in hand.tree]
+    tips = {}
+    for m in hand.visual_meshes(R, t, q):
+        i = names.index(m.metadata["link"])
+        if i not in parents:                                  # a leaf: the fingertip
+            v = np.asarray(m.vertices)
+            tips[i] = v[np.linalg.norm(v - origin[i], axis=1).argmax()]
+    segs = [(origin[p], origin[i]) for i, p in enumerate(parents) if p >= 0]
+    segs += [(origin[i], tip) for i, tip in tips.items()]
+    nan = np.full(3, np.nan)
+    return np.array([x for a, b in segs for x in (a, b, nan)])
+
+
+def _object_geometry(mesh, max_faces: int = MAX_OBJECT_FACES):
+    """(vertices, faces) of the object mesh, decimated when it has more than ``max_faces`` faces."""
+    v, f = np.asarray(mesh.vertices, dtype=np.float64), np.asarray(mesh.faces)
+    cell = float(np.ptp(v, 0).max()) / 100
+    while len(f) > max_faces:
+        v, f = _cluster(v, f, cell)
+        cell *= 1.5
+    return v, f
+
+
+def _ensure_scores(grasps, hand, points) -> dict:
+    """grasps.extra with the ``score_grasps`` values, computed on ``points`` when the file lacks them."""
+    from .predict import score_grasps
+
+    need = ("penetration", "contact_points", "links_in_contact", "no_contact", "deep_penetration")
+    if all(k in grasps.extra for k in need) or points is None or not len(grasps):
+        return grasps.extra
+    return {**grasps.extra, **score_grasps(hand, torch.as_tensor(np.asarray(points), dtype=torch.float32),
+                                           grasps.rotation.float(), grasps.translation.float(),
+                                           grasps.joints.float())}
+
+
+def _label(extra: dict, i: int, index: int) -> str:
+    """'#3 · pen 1.2 mm · 14 contacts [· flags]' (what is known)."""
+    from .predict import grasp_flags
+
+    parts = [f"#{index}"]
+    if "penetration" in extra:
+        parts.append(f"pen {float(extra['penetration'][i]) * 1e3:.1f} mm")
+    if "contact_points" in extra:
+        parts.append(f"{int(extra['contact_points'][i])} contacts")
+    flag = grasp_flags(extra, i)
+    return " · ".join(parts + ([flag.upper()] if flag else []))
+
+
+def _side_view(centre: np.ndarray, palm: np.ndarray) -> tuple[float, float]:
+    """(elev, azim) in degrees of a camera beside the approach direction palm → centre, 25° above it."""
+    d = centre - palm
+    d = d / (np.linalg.norm(d) + 1e-12)
+    side = np.cross(d, [0.0, 0.0, 1.0])
+    if np.linalg.norm(side) < 0.3:                      # approach from above or below
+        side = np.cross(d, [1.0, 0.0, 0.0])
+    side /= np.linalg.norm(side)
+    v = side * math.cos(math.radians(25)) + np.array([0, 0, 1.0]) * math.sin(math.radians(25))
+    v /= np.linalg.norm(v)
+    return math.degrees(math.asin(np.clip(v[2], -1, 1))), math.degrees(math.atan2(v[1], v[0]))
+
+
+# -------------------------------------------------------------------------------------------------- pictures
+def write_png(path, grasps, hand, mesh=None, points=None, title: str = "", indices=None, cols: int = 4) -> None:
+    """Every grasp its own small view (hand surface + object), in order, titled with index, penetration, contacts.
+
+    grasps: GraspSet (its ``extra`` gives the titles; computed on ``points`` when missing); mesh: trimesh of the object
+    in the grasps' frame (else ``points`` (P, 3) are drawn); indices: the numbers shown (default 0..n-1)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from mpl_toolkits.mplot3d.art3d import Poly3DCollection
+
+    n = len(grasps)
+    indices = list(range(n)) if indices is None else list(indices)
+    extra = _ensure_scores(grasps, hand, points if points is not None else
+                           (mesh.sample(4096, seed=0) if mesh is not None else None))
+    cols = max(1, min(cols, n))
+    rows = max(1, math.ceil(n / cols))
+    top = 0.45 if title else 0.0  # inches for the figure title
+    fig = plt.figure(figsize=(2.7 * cols, 2.8 * rows + top), dpi=110)
+    if mesh is not None:
+        ov, of = _object_geometry(mesh, 4000)
+        centre = (ov.min(0) + ov.max(0)) / 2
+    else:
+        p = np.asarray(points, dtype=np.float64)
+        ov = p[:: max(1, len(p) // 1500)]
+        centre = (p.min(0) + p.max(0)) / 2
+    colours = grasp_colours(n)
+    R, t, q = grasps.rotation.numpy(), grasps.translation.numpy(), grasps.joints.numpy()
+    for i in range(n):
+        ax = fig.add_subplot(rows, cols, i + 1, projection="3d")
+        hv, hf = hand_surface(hand, R[i], t[i], q[i], PNG_CELL)
+        elev, azim = _side_view(centre, t[i])
+        view = np.array([math.cos(math.radians(elev)) * math.cos(math.radians(azim)),
+                         math.cos(math.radians(elev)) * math.sin(math.radians(azim)), math.sin(math.radians(elev))])
+        tris = [hv[hf]]
+        base = [np.array(matplotlib.colors.to_rgb(colours[i]))[None].repeat(len(hf), 0)]
+        if mesh is not None:
+            tris.append(ov[of])
+            base.append(np.full((len(of), 3), 0.72))
+        tris = np.concatenate(tris)
+        nrm = np.cross(tris[:, 1] - tris[:, 0], tris[:, 2] - tris[:, 0])
+        nrm /= np.linalg.norm(nrm, axis=1, keepdims=True) + 1e-18
+        shade = 0.35 + 0.65 * np.abs(nrm @ view)          # headlight: lit from the camera
+        ax.add_collection3d(Poly3DCollection(tris, facecolors=np.concatenate(base) * shade[:, None],
+                                             edgecolors="none", linewidths=0))
+        if mesh is None:
+            ax.scatter(ov[:, 0], ov[:, 1], ov[:, 2], s=1, c="0.45", depthshade=False)
+        allp = np.concatenate([hv, ov])
+        lo, hi = allp.min(0), allp.max(0)
+        mid, half = (lo + hi) / 2, (hi - lo).max() / 2
+        ax.set_xlim(mid[0] - half, mid[0] + half)
+        ax.set_ylim(mid[1] - half, mid[1] + half)
+        ax.set_zlim(mid[2] - half, mid[2] + half)
+        ax.set_box_aspect((1, 1, 1), zoom=1.25)
+        ax.view_init(elev=elev, azim=azim)
+        ax.set_axis_off()
+        flagged = bool(extra.get("no_contact", [False] * n)[i]) or bool(extra.get("deep_penetration", [False] * n)[i])
+        ax.set_title(_label(extra, i, indices[i]), fontsize=8, color="#c00000" if flagged else "black", pad=0)
+    if title:
+        fig.suptitle(title, fontsize=10, y=1 - 0.12 / fig.get_figheight(), va="top")
+    fig.subplots_adjust(left=0, right=1, bottom=0, top=1 - top / fig.get_figheight(), wspace=0, hspace=0.08)
+    _save_atomic(path, lambda tmp: fig.savefig(tmp, format="png"))
+    plt.close(fig)
+
+
+def grasp_figure(grasps, hand, mesh=None, points=None, title: str = "", indices=None):
+    """The plotly figure of ``write_html``: traces [object, n hand meshes, n hand skeletons]; slider steps 0..n-1 show
+    the object and one hand mesh, the last ("all") the object and every skeleton.  Arguments as ``write_png``."""
+    import plotly.graph_objects as go
+
+    n = len(grasps)
+    indices = list(range(n)) if indices is None else list(indices)
+    extra = _ensure_scores(grasps, hand, points if points is not None else
+                           (mesh.sample(4096, seed=0) if mesh is not None else None))
+    traces = []
+    if mesh is not None:
+        v, f = _object_geometry(mesh)
+        v = v.astype(np.float32)
+        traces.append(go.Mesh3d(x=v[:, 0], y=v[:, 1], z=v[:, 2], i=f[:, 0].astype(np.int32),
+                                j=f[:, 1].astype(np.int32), k=f[:, 2].astype(np.int32), color="#b0b0b0",
+                                opacity=1.0, name="object", flatshading=True, hoverinfo="skip"))
+    else:
+        p = np.asarray(points, dtype=np.float32)
+        traces.append(go.Scatter3d(x=p[:, 0], y=p[:, 1], z=p[:, 2], mode="markers", name="object",
+                                   marker=dict(size=1.5, color="#808080"), hoverinfo="skip"))
+    colours = grasp_colours(n)
+    R, t, q = grasps.rotation.numpy(), grasps.translation.numpy(), grasps.joints.numpy()
+    labels = [_label(extra, i, indices[i]) for i in range(n)]
+    for i in range(n):
+        v, f = hand_surface(hand, R[i], t[i], q[i], HTML_CELL)
+        v = np.round(v, 4).astype(np.float32)          # 0.1 mm is far below what the eye sees
+        f = f.astype(np.uint16 if len(v) < 65536 else np.int32)
+        traces.append(go.Mesh3d(x=v[:, 0], y=v[:, 1], z=v[:, 2], i=f[:, 0], j=f[:, 1], k=f[:, 2], name=labels[i],
+                                color=colours[i], opacity=1.0, visible=i == 0, lighting=dict(ambient=0.45, diffuse=0.7), showlegend=True,
+                                hoverinfo="name"))
+    for i in range(n):  # the "all" step: skeletons, so that 16 hands do not bury the object
+        s = np.round(hand_skeleton(hand, R[i], t[i], q[i]), 4).astype(np.float32)
+        traces.append(go.Scatter3d(x=s[:, 0], y=s[:, 1], z=s[:, 2], mode="lines", name=labels[i], visible=False,
+                                   line=dict(color=colours[i], width=6), hoverinfo="name", connectgaps=False))
+    head = f"{title} — " if title else ""
+    steps = []
+    for i in range(n):
+        vis = [True] + [j == i for j in range(n)] + [False] * n
+        steps.append(dict(method="update", label=str(indices[i]),
+                          args=[{"visible": vis}, {"title.text": head + labels[i]}]))
+    steps.append(dict(method="update", label="all",
+                      args=[{"visible": [True] + [False] * n + [True] * n},
+                            {"title.text": f"{head}all {n} grasps (hand skeletons; click a legend entry to hide it)"}]))
+    fig = go.Figure(traces)
+    fig.update_layout(title=dict(text=head + (labels[0] if n else "no grasps")), scene=dict(aspectmode="data"),
+                      margin=dict(l=0, r=0, t=40, b=0), legend=dict(title="grasps"),
+                      sliders=[dict(active=0, steps=steps, currentvalue=dict(prefix="grasp "), pad=dict(t=10))]
+                      if n else [])
+    return fig
+
+
+def write_html(path, grasps, hand, mesh=None, points=None, title: str = "", indices=None) -> None:
+    """Plotly page of ``grasp_figure``: one grasp at a time with a slider, or all.  plotly.min.js is written beside
+    ``path`` (once) and loaded from there, so the page works offline and stays small."""
+    fig = grasp_figure(grasps, hand, mesh=mesh, points=points, title=title, indices=indices)
+    p = Path(path)
+    if not (p.parent / "plotly.min.js").is_file():
+        import plotly
+        js = Path(plotly.__file__).parent / "package_data" / "plotly.min.js"
+        _save_atomic(p.parent / "plotly.min.js", lambda tmp: Path(tmp).write_bytes(js.read_bytes()))
+    html = fig.to_html(include_plotlyjs="plotly.min.js", full_html=True)  # <script src="plotly.min.js">: offline
+    _save_atomic(p, lambda tmp: Path(tmp).write_text(html, encoding="utf-8"))
+
+
+def write_pictures(stem, grasps, hand=None, mesh=None, points=None, title: str = "", indices=None) -> list[Path]:
+    """``<stem>.png`` and ``<stem>.html`` (see ``write_png``; hand: default ``dgtr.hand.get_hand()``; mesh: a trimesh
+    or an ObjectModel, in the grasps' frame and at their scale) → the paths written."""
+    from .hand import get_hand
+
+    stem = Path(stem)
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    hand = hand or get_hand()
+    mesh = mesh.mesh if hasattr(mesh, "sample_points") else mesh
+    png, html = stem.with_name(stem.name + ".png"), stem.with_name(stem.name + ".html")
+    write_png(png, grasps, hand, mesh=mesh, points=points, title=title, indices=indices)
+    write_html(html, grasps, hand, mesh=mesh, points=points, title=title, indices=indices)
+    return [png, html]
+
+
+def _save_atomic(path, write) -> None:
+    """write(tmp) then rename: a reader (or a crash) never sees half a file."""
+    p = Path(path)
+    tmp = p.with_name(f".{p.name}.tmp{os.getpid()}")
+    try:
+        write(str(tmp))
+        os.replace(tmp, p)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+# ------------------------------------------------------------------------------------------------ MuJoCo scene
+def _fmt(x) -> str:
+    return " ".join(f"{float(v):.9g}" for v in np.ravel(x))
+
+
+def grasp_scene_mjcf(hand, obj, R, t, q) -> str:
+    """MJCF of the object (free body at the origin: world = object frame) and the hand at grasp (R (3,3), t (3,),
+    q (22,)); loads with the hand's joints at q.
+
+    ``build_mjcf`` (the simulation test's scene: palm fixed at the world origin) with its hand subtree moved under a
+    fixed body at (t, R), each jointed body's rotation by q baked into its quat and the joint's ``ref`` = q, so that
+    qpos0 = q with the same kinematics and limits.  A keyframe "grasp" also sets the actuator targets to q."""
+    import xml.etree.ElementTree as ET
+
+    import mujoco
+
+    from .hand import JOINT_NAMES
+    from .simulate import build_mjcf
+
+    R, t, q = (np.asarray(x, dtype=np.float64) for x in (R, t, q))
+    pieces = [(np.asarray(p.vertices, dtype=np.float64), np.asarray(p.faces)) for p in obj.pieces]
+    root = ET.fromstring(build_mjcf(hand, pieces))
+    root.set("model", "dgtr_grasp_scene")
+    world = root.find("worldbody")
+    quat = np.zeros(4)
+    mujoco.mju_mat2Quat(quat, np.ascontiguousarray(R).ravel())
+    mount = ET.Element("body", name="hand_mount", pos=_fmt(t), quat=_fmt(quat))
+    for b in [b for b in world.findall("body") if b.get("name") != "object"]:
+        world.remove(b)
+        mount.append(b)
+    world.append(mount)
+    for body in mount.iter("body"):
+        joint = body.find("joint")
+        if joint is None:
+            continue
+        angle = float(q[JOINT_NAMES.index(joint.get("name"))])
+        axis = np.array([float(a) for a in joint.get("axis").split()])
+        rot, bq = np.zeros(4), np.array([float(a) for a in body.get("quat", "1 0 0 0").split()])
+        mujoco.mju_axisAngle2Quat(rot, axis / np.linalg.norm(axis), angle)
+        new = np.zeros(4)
+        mujoco.mju_mulQuat(new, bq, rot)
+        body.set("quat", _fmt(new))
+        joint.set("ref", f"{angle:.9g}")
+    ET.SubElement(world, "light", name="top", pos=_fmt(np.r_[0, 0, 1.0]), dir="0 0 -1", directional="true")
+    xml = ET.tostring(root, encoding="unicode")
+    model = mujoco.MjModel.from_xml_string(xml)  # qpos0 = the grasp: it becomes the keyframe with ctrl = q
+    ctrl = [q[JOINT_NAMES.index(model.actuator(a).name.removeprefix("act_"))] for a in range(model.nu)]
+    key = ET.SubElement(root, "keyframe")
+    ET.SubElement(key, "key", name="grasp", qpos=_fmt(model.qpos0), ctrl=_fmt(ctrl))
+    ET.indent(root)
+    return ET.tostring(root, encoding="unicode") + "\n"
+
+
+# ------------------------------------------------------------------------------------------------------ CLI
+def add_view_args(p: argparse.ArgumentParser) -> None:
+    from .cli import positive_float, positive_int
+
+    p.add_argument("grasps", help="DexGraspNet-format grasp file <code>.npy (ours, the dataset's, another method's)")
+    p.add_argument("--meshes", required=True,
+                   help="DexGraspNet meshdata folder (<code>/coacd/decomposed.obj), a folder of <code>.obj|stl|ply|off, "
+                        "or the object's mesh file; the object is used × each grasp's scale")
+    p.add_argument("--object", help="object code in --meshes (default: the grasp file's name)")
+    p.add_argument("--index", type=int, nargs="+", action="extend", default=None, metavar="I",
+                   help="grasps to show, by their index in the file: --index 0 5 7 (default: all)")
+    p.add_argument("--scale", type=positive_float, default=None,
+                   help="only the grasps at this object scale (default: every scale, one picture per scale)")
+    p.add_argument("--limit", type=positive_int, default=16, help="at most this many grasps (the first selected)")
+    p.add_argument("--out", default="outputs/view", help="output folder: <code>.png, <code>.html (+ plotly.min.js)")
+    p.add_argument("--mjcf", default=None, metavar="OUT.xml",
+                   help="also write a MuJoCo scene of the first selected grasp (default: none)")
+    p.add_argument("--no-pictures", action="store_true", help="no PNG/HTML (e.g. only --mjcf)")
+
+
+def run_view(args) -> int:
+    from .cli import check_out_dir, check_out_file
+    from .data import load_grasps, mesh_path
+    from .errors import MissingFileError
+    from .hand import get_hand
+    from .objects import load_object
+    from .predict import print_table
+
+    g = load_grasps(args.grasps)
+    code = args.object or g.code
+    meshes = Path(args.meshes)
+    if meshes.is_file():
+        mesh_file = meshes
+    elif meshes.is_dir():
+        mesh_file = mesh_path(meshes, code)
+    else:
+        raise MissingFileError(f"--meshes: not found: {meshes}")
+    out = None if args.no_pictures else check_out_dir(args.out)
+    mjcf = check_out_file(args.mjcf, "--mjcf") if args.mjcf else None
+    if out is None and mjcf is None:
+        raise InputError("--no-pictures: nothing to write (add --mjcf OUT.xml)")
+    if not len(g):
+        raise InputError(f"{args.grasps}: no grasps")
+    idx = np.arange(len(g))
+    if args.index is not None:
+        bad = [i for i in args.index if not 0 <= i < len(g)]
+        if bad:
+            raise InputError(f"--index: {bad} out of range (the file has {len(g)} grasps: 0..{len(g) - 1})")
+        idx = np.asarray(args.index)
+    if args.scale is not None:
+        keep = np.abs(g.scale.numpy()[idx] - args.scale) <= 1e-4
+        if not keep.any():
+            raise InputError(f"--scale: no selected grasp at scale {args.scale:g} (the file has scales "
+                             f"{', '.join(f'{s:g}' for s in g.scales())})")
+        idx = idx[keep]
+    idx = idx[:args.limit]
+    base = load_object(mesh_file, code=code)
+    hand = get_hand()
+    sel = g.subset(idx)
+    scales = sel.scales()
+    for s in scales:
+        at = np.flatnonzero(np.abs(sel.scale.numpy() - s) <= 1e-4)
+        gs, obj = sel.subset(at), base.with_scale(s)
+        gs.extra = _ensure_scores(gs, hand, obj.sample_points(4096, seed=0))
+        print(f"{code} scale {s:g}: grasps {', '.join(map(str, idx[at]))}")
+        print_table(gs, indices=idx[at])
+        if out is not None:
+            stem = out / (code if len(scales) == 1 else f"{code}_s{s:g}")
+            for path in write_pictures(stem, gs, hand, mesh=obj.mesh, title=f"{code} × {s:g}", indices=idx[at]):
+                print(f"wrote {path}")
+    if mjcf is not None:
+        i = int(idx[0])
+        obj = base.with_scale(float(g.scale[i]))
+        text = grasp_scene_mjcf(hand, obj, g.rotation[i].numpy(), g.translation[i].numpy(), g.joints[i].numpy())
+        _save_atomic(mjcf, lambda tmp: Path(tmp).write_text(text))
+        print(f"wrote {mjcf} (grasp {i}): python -m mujoco.viewer --mjcf={mjcf}  (load key 'grasp' before play)")
+    return 0
