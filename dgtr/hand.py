@@ -449,14 +449,26 @@ class ShadowHand:
         bottom[..., 0, 3] = 1
         return torch.cat([top, bottom], -2)
 
-    def _pose_points(self, rot, t, q, pts_name: str) -> torch.Tensor:
-        """A constant set of link-frame points (``_points_matrix``) -> object frame (B, N, 3)."""
-        _, t, _, Rw, pw = self._fk(rot, t, q)
-        c = self._consts(t.dtype, t.device)
+    def link_frames(self, rot, t, q) -> tuple[torch.Tensor, torch.Tensor]:
+        """Link frames in the object frame: rotations (B, L, 3, 3) and origins (B, L, 3), ``link_names`` order.
+        Computed once, they serve several point sets (``frame_points``) without repeating the kinematics."""
+        return self._fk(rot, t, q)[3:]
+
+    def frame_points(self, frames, kind: str) -> torch.Tensor:
+        """A fixed point set posed by ``link_frames`` output -> (B, N, 3); kind: 'visual', 'collision', 'contact'
+        (``contact_candidates``) or 'keypoints' (``penetration_keypoints``)."""
+        names = {"visual": "surf", "collision": "coll", "contact": "contact", "keypoints": "kp"}
+        if kind not in names:
+            raise InputError(f"kind: expected one of {sorted(names)}, got {kind!r}")
+        Rw, pw = frames
+        c = self._consts(pw.dtype, pw.device)
         # one matmul of all link frames [R | o] (B, 3, 4L) with the constant (4L, N) matrix holding each point's
         # homogeneous link coordinates in its link's 4 rows (12x faster than gathering a frame per point)
         A = torch.cat([Rw, pw[..., None]], -1).permute(0, 2, 1, 3).reshape(Rw.shape[0], 3, -1)
-        return (A @ getattr(c, "E_" + pts_name)).transpose(1, 2).contiguous()
+        return (A @ getattr(c, "E_" + names[kind])).transpose(1, 2).contiguous()
+
+    def _pose_points(self, rot, t, q, kind: str) -> torch.Tensor:
+        return self.frame_points(self.link_frames(rot, t, q), kind)
 
     def surface_points(self, rot, t, q, kind: str = "visual") -> torch.Tensor:
         """Fixed surface samples in the object frame -> (B, N, 3), N = ``n_surface_points``.
@@ -464,9 +476,9 @@ class ShadowHand:
         ``kind='visual'``: on the visual STL meshes (link of each point: ``surface_link_index``);
         ``kind='collision'``: on the collision primitives (``collision_link_index``)."""
         if kind == "visual":
-            return self._pose_points(rot, t, q, "surf")
+            return self._pose_points(rot, t, q, "visual")
         if kind == "collision":
-            return self._pose_points(rot, t, q, "coll")
+            return self._pose_points(rot, t, q, "collision")
         raise InputError(f"kind: expected 'visual' or 'collision', got {kind!r}")
 
     def contact_candidates(self, rot, t, q) -> torch.Tensor:
@@ -476,13 +488,16 @@ class ShadowHand:
 
     def penetration_keypoints(self, rot, t, q) -> torch.Tensor:
         """Self-penetration keypoints (on the capsule axes) in the object frame -> (B, K, 3)."""
-        return self._pose_points(rot, t, q, "kp")
+        return self._pose_points(rot, t, q, "keypoints")
 
     def self_penetration(self, rot, t, q) -> torch.Tensor:
         """sum over ordered keypoint pairs on different fingers of relu(0.02 - distance) -> (B,).
 
         Pairs on the same finger are left out (see the keypoint comment in ``__init__``)."""
-        k = self.penetration_keypoints(rot, t, q)
+        return self.keypoint_self_penetration(self.penetration_keypoints(rot, t, q))
+
+    def keypoint_self_penetration(self, k: torch.Tensor) -> torch.Tensor:
+        """``self_penetration`` from posed keypoints (B, K, 3) (``frame_points(frames, 'keypoints')``) -> (B,)."""
         c = self._consts(k.dtype, k.device)
         d2 = ((k[:, :, None] - k[:, None]) ** 2).sum(-1)
         d = d2.clamp_min(1e-12).sqrt()  # clamp: no NaN gradient on the (masked) diagonal

@@ -61,6 +61,7 @@ class InitConfig:
 class EnergyConfig:
     n_contacts: int = 4
     pen_points: int = 2000         # E_pen object samples at scale 0.10 (∝ scale² else); energy per 2000 points
+    pen_margin: float = 0.01       # m: E_pen candidate points are re-scanned after a hand moved this far (exact)
     w_dis: float = 100.0
     w_pen: float = 100.0
     w_spen: float = 10.0
@@ -221,10 +222,11 @@ class HandPenetration:
     Primitive geometry comes from the public ``hand.primitives`` and ``hand.link_transforms``.
     """
 
-    def __init__(self, hand):
+    def __init__(self, hand, margin: float = 0.0):
         from .rotations import matrix_from_quaternion
 
-        self.hand = hand
+        self.hand, self.margin = hand, float(margin)
+        self._cache, self._buffers, self.n_scanned = None, {}, 0
         prims = hand.primitives
         lid = {n: i for i, n in enumerate(hand.link_names)}
         dt, dev = hand.dtype, hand.device
@@ -237,12 +239,11 @@ class HandPenetration:
         self.size = as_t([list(p.size[:2]) + [0.0] if p.kind == "capsule" else list(p.size) for p in prims])
         self.radius = as_t([p.size[0] + p.size[1] if p.kind == "capsule" else np.linalg.norm(p.size) for p in prims])
 
-    def frames(self, R, t, q):
-        """Primitive centre frames in the object frame: rotations (B, G, 3, 3), centres (B, G, 3)."""
-        T = self.hand.link_transforms(R, t, q)[:, self.link]                          # (B, G, 4, 4)
-        Rg = T[..., :3, :3] @ self.local_R
-        cg = (T[..., :3, :3] @ self.local_p[..., None]).squeeze(-1) + T[..., :3, 3]
-        return Rg, cg
+    def frames(self, link_frames):
+        """``hand.link_frames`` output -> primitive centre frames in the object frame: rotations (B, G, 3, 3),
+        centres (B, G, 3)."""
+        Rl, pl = link_frames[0][:, self.link], link_frames[1][:, self.link]            # (B, G, 3, 3), (B, G, 3)
+        return Rl @ self.local_R, (Rl @ self.local_p[..., None]).squeeze(-1) + pl
 
     def _depth(self, Rg, cg, size, is_cap, x):
         """Per triplet: frames (N, 3, 3), centres (N, 3), size (N, 3), kind (N,), points (N, 3) -> (N,) depth inside
@@ -254,39 +255,80 @@ class HandPenetration:
         box = -(xl.abs() - size).amax(-1)
         return torch.where(is_cap, cap, box)
 
-    def __call__(self, R, t, q, groups) -> torch.Tensor:
-        """R (B,3,3), t (B,3), q (B,22); groups: [(hand indices (b,) long, object points (P, 3) metres)] whose hands
-        share a point set (one group per scale) -> (B,)."""
-        Rg, cg = self.frames(R, t, q)
-        G = cg.shape[1]
-        out = torch.zeros(R.shape[0], dtype=R.dtype, device=R.device) + 0 * t.sum(1)  # attached even if no contact
-        for hands, pts in groups:
-            P = pts.shape[0]
-            with torch.no_grad():
-                # |x - c|² - r² < 0 for all (point, hand, primitive) at once: one matmul of augmented coordinates
-                c = cg[hands].reshape(-1, 3)                                              # (b·G, 3)
-                r2 = (self.radius**2).repeat(len(hands))
-                ca = torch.cat([-2 * c, torch.ones_like(c[:, :1]), (c * c).sum(-1, keepdim=True) - r2[:, None]], 1)
-                pa = torch.cat([pts, (pts * pts).sum(-1, keepdim=True), torch.ones_like(pts[:, :1])], 1)
-                p, bg = (pa @ ca.T < 0).nonzero(as_tuple=True)                           # candidate triplets
-                bi, g = bg // G, bg % G
-                b = hands[bi]
-                depth = self._depth(Rg[b, g], cg[b, g], self.size[g], self.is_cap[g], pts[p])
-                inside = depth > 0
-                bi, b, p, g, depth = bi[inside], b[inside], p[inside], g[inside], depth[inside]
-                # keep the deepest primitive of each point (the hand sdf is the max over primitives)
-                pair = bi * P + p
-                best = torch.full((len(hands) * P,), -1.0, dtype=depth.dtype, device=depth.device)
-                best.scatter_reduce_(0, pair, depth, reduce="amax")
-                win = torch.nonzero(depth == best[pair]).squeeze(1)
-                # one winner per point, even if two primitives tie (a point must not count twice)
-                pick = torch.full((len(hands) * P,), -1, dtype=torch.long, device=depth.device)
-                pick.scatter_reduce_(0, pair[win], win, reduce="amax")
-                sel = pick[pick >= 0]
-                b, p, g = b[sel], p[sel], g[sel]
+    def __call__(self, link_frames, groups) -> torch.Tensor:
+        """link_frames: ``hand.link_frames(R, t, q)`` of B hands; groups: [(hand indices (b,) long, object points (P, 3) metres)] whose hands
+        share a point set (one group per scale) -> (B,).
+
+        With ``margin`` > 0 the candidate triplets of each hand are found for spheres grown by ``margin`` and reused
+        while none of the hand's primitive centres moved farther than ``margin`` from where they were found (they
+        stay a superset of the true candidates); an annealing step moves a hand by millimetres, so the full scan
+        runs for few hands per step. The groups must be the same objects on every call of one instance."""
+        Rg, cg = self.frames(link_frames)
+        B, G = cg.shape[:2]
+        with torch.no_grad():
+            pts, b, p, g = self._candidates(cg.detach(), groups)
+            # exact bounding-sphere test at the current pose, then the depth test, both without autograd
+            near = ((pts[p] - cg[b, g]) ** 2).sum(-1) < self.radius[g] ** 2
+            b, p, g = b[near], p[near], g[near]
             depth = self._depth(Rg[b, g], cg[b, g], self.size[g], self.is_cap[g], pts[p])
-            out = out.index_add(0, b, depth)
-        return out
+            inside = depth > 0
+            b, p, g, depth = b[inside], p[inside], g[inside], depth[inside]
+            # keep the deepest primitive of each (hand, point) (the hand sdf is the max over primitives), and one
+            # winner per pair even if two primitives tie (a point must not count twice)
+            pair = b * len(pts) + p
+            best = self._buffer("best", B * len(pts), depth.dtype)
+            best[pair] = -1.0
+            best.scatter_reduce_(0, pair, depth, reduce="amax")
+            cand = torch.nonzero(depth == best[pair]).squeeze(1)
+            pick = self._buffer("pick", B * len(pts), torch.long)
+            pick[pair[cand]] = -1
+            pick.scatter_reduce_(0, pair[cand], cand, reduce="amax")
+            sel = cand[pick[pair[cand]] == cand]
+            b, p, g = b[sel], p[sel], g[sel]
+        depth = self._depth(Rg[b, g], cg[b, g], self.size[g], self.is_cap[g], pts[p])
+        return (0 * cg.sum((1, 2))).index_add(0, b, depth)  # attached to the graph even without contact
+
+    def _buffer(self, name: str, n: int, dtype) -> torch.Tensor:
+        """A scratch vector reused across calls (only the entries a call writes are read back)."""
+        buf = self._buffers.get(name)
+        if buf is None or buf.numel() < n or buf.dtype != dtype:
+            buf = self._buffers[name] = torch.empty(n, dtype=dtype, device=self.radius.device)
+        return buf[:n]
+
+    def _candidates(self, cg: torch.Tensor, groups):
+        """Candidate (hand, point, primitive) triplets: points inside a primitive's bounding sphere grown by
+        ``margin``, recomputed only for hands that moved by more than ``margin`` since their last scan.
+        cg (B, G, 3) -> (all points (N, 3), b, p, g (T,) long)."""
+        c = self._cache
+        if c is None or c["groups"] is not groups or c["centres"].shape != cg.shape:
+            pts = torch.cat([x for _, x in groups])
+            c = self._cache = dict(groups=groups, pts=pts, centres=cg.clone(), b=None)
+            redo = torch.ones(cg.shape[0], dtype=torch.bool, device=cg.device)
+        else:
+            redo = ((cg - c["centres"]) ** 2).sum(-1).amax(-1) > self.margin ** 2
+        if redo.any():
+            G = cg.shape[1]
+            r2 = (self.radius + self.margin) ** 2
+            found, start = [], 0
+            for hands, x in groups:
+                h = hands[redo[hands]]
+                if len(h):
+                    # |x - c|² - r² < 0 for all (point, hand, primitive) at once: one matmul of augmented coordinates
+                    cc = cg[h].reshape(-1, 3)
+                    ca = torch.cat([-2 * cc, torch.ones_like(cc[:, :1]),
+                                    (cc * cc).sum(-1, keepdim=True) - r2.repeat(len(h))[:, None]], 1)
+                    xa = torch.cat([x, (x * x).sum(-1, keepdim=True), torch.ones_like(x[:, :1])], 1)
+                    p, hg = (xa @ ca.T < 0).nonzero(as_tuple=True)
+                    found.append((h[hg // G], p + start, hg % G))
+                start += len(x)
+            c["centres"][redo] = cg[redo]
+            if c["b"] is not None:
+                keep = ~redo[c["b"]]
+                found.append((c["b"][keep], c["p"][keep], c["g"][keep]))
+            c["b"], c["p"], c["g"] = (torch.cat(v) for v in zip(*found)) if found else (
+                torch.zeros(0, dtype=torch.long, device=cg.device),) * 3
+            self.n_scanned += int(redo.sum())
+        return c["pts"], c["b"], c["p"], c["g"]
 
 
 def pen_counts(scales, cfg: "EnergyConfig") -> dict[float, int]:
@@ -305,20 +347,21 @@ class Energy:
 
     def __init__(self, hand, sdf: PieceSDF, points: torch.Tensor, scales: torch.Tensor, cfg: EnergyConfig):
         self.hand, self.sdf, self.cfg, self.scales, self.points = hand, sdf, cfg, scales, points
-        self.pen = HandPenetration(hand)
+        self.pen = HandPenetration(hand, cfg.pen_margin)
         self.pen_factor = 2000.0 / cfg.pen_points
 
     def __call__(self, pose: torch.Tensor, idx: torch.Tensor):
         hand, cfg = self.hand, self.cfg
         R, t, q = split_pose(pose)
-        cand = hand.contact_candidates(R, t, q)                                   # (B, Nc, 3)
+        frames = hand.link_frames(R, t, q)                                         # kinematics once for all terms
+        cand = hand.frame_points(frames, "contact")                               # (B, Nc, 3)
         x = cand.gather(1, idx[..., None].expand(-1, -1, 3))                       # (B, n, 3)
         d, n = self.sdf(x, self.scales)
         parts = {
             "E_fc": (n.sum(1) ** 2).sum(-1) + (torch.cross(x, n, dim=-1).sum(1) ** 2).sum(-1),
             "E_dis": d.abs().sum(1),
-            "E_pen": self.pen(R, t, q, self.points) * self.pen_factor,
-            "E_spen": hand.self_penetration(R, t, q),
+            "E_pen": self.pen(frames, self.points) * self.pen_factor,
+            "E_spen": hand.keypoint_self_penetration(hand.frame_points(frames, "keypoints")),
             "E_joints": hand.joint_limit_energy(q),
         }
         total = (parts["E_fc"] + cfg.w_dis * parts["E_dis"] + cfg.w_pen * parts["E_pen"]

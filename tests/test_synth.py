@@ -59,10 +59,10 @@ def test_penetration_matches_hand_sdf(cube):
     hull = __import__("trimesh").Trimesh(np.concatenate([p.vertices for p in obj.pieces])).convex_hull
     pose = synth.initial_poses(hand, hull, torch.as_tensor(scales, dtype=torch.float32),
                                synth.InitConfig(distance_lower=-0.03, distance_upper=0.0), 0)  # pushed into the object
-    pen = synth.HandPenetration(hand)
+    pen = synth.HandPenetration(hand, margin=0.01)
 
     def culled(p):
-        return pen(*synth.split_pose(p), groups)
+        return pen(hand.link_frames(*synth.split_pose(p)), groups)
 
     def dense(p):
         R, t, q = synth.split_pose(p)
@@ -167,3 +167,26 @@ def test_bad_source(tmp_path, capsys):
         synth.select_objects(["pybullet:named"], objects="not_an_object")
     assert cli.main(["synth", "--source", str(tmp_path / "nope"), "--out", str(tmp_path / "o")]) == 2
     assert "object source not found" in capsys.readouterr().err
+
+
+def test_penetration_cache_is_exact(cube):
+    """With a scan margin the candidate triplets are reused across calls; after small and large moves of the hands
+    the value equals a fresh scan (margin 0), and the cache re-scans only the hands that moved beyond the margin."""
+    hand = get_hand()
+    scales = np.array([0.08, 0.08, 0.12, 0.12])
+    groups = synth.object_points(cube, scales, synth.EnergyConfig(pen_points=300), 0, "cpu", torch.float32)
+    hull = __import__("trimesh").Trimesh(np.concatenate([p.vertices for p in cube.pieces])).convex_hull
+    pose = synth.initial_poses(hand, hull, torch.as_tensor(scales, dtype=torch.float32),
+                               synth.InitConfig(distance_lower=-0.03, distance_upper=0.0), 0)
+    cached = synth.HandPenetration(hand, margin=0.01)
+    g = torch.Generator().manual_seed(0)
+    for step, size in enumerate([0.0, 0.001, 0.002, 0.03, 0.001]):
+        move = torch.zeros_like(pose)
+        move[:2, :3] = size * torch.randn(2, 3, generator=g)  # only the first two hands move
+        pose = pose + move
+        frames = hand.link_frames(*synth.split_pose(pose))
+        fresh = synth.HandPenetration(hand)(frames, groups)
+        assert float(fresh.min()) > 0
+        torch.testing.assert_close(cached(frames, groups), fresh)
+        if step == 3:
+            assert cached.n_scanned == 4 + 2  # the first call scanned all four; the 3 cm move re-scanned two
