@@ -4,16 +4,20 @@ import pytest
 
 import dgtr.predict
 from dgtr.cli import main
+from dgtr.data import load_grasps
 
 
 def _check_outputs(tmp_path, capsys, code):
+    """The demo made grasps, saved them, drew them and scored every one of them."""
     out = capsys.readouterr().out
     assert "overall" in out and "Q1" in out
-    for f in (f"dataset/{code}.npy", f"meshdata/{code}/coacd/decomposed.obj", "metrics.json"):
+    for f in (f"dataset/{code}.npy", f"meshdata/{code}/coacd/decomposed.obj", "metrics.json", f"{code}.png",
+              f"{code}.html"):
         assert (tmp_path / f).is_file(), f
+    grasps = load_grasps(tmp_path / "dataset" / f"{code}.npy")
     report = json.loads((tmp_path / "metrics.json").read_text())
     n = report["overall"]["n"]
-    assert n == 0 or ((tmp_path / f"{code}.png").is_file() and (tmp_path / f"{code}.html").is_file())
+    assert n == len(grasps) > 0 and f"{code} × 0.1: {n} grasps from" in out
     return out, n
 
 

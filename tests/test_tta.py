@@ -7,7 +7,7 @@ from dgtr.errors import InputError
 from dgtr.hand import get_hand
 from dgtr.metrics import penetration_depth
 from dgtr.rotations import matrix_from_axis_angle, quaternion_from_matrix
-from dgtr.tta import TTAConfig, adapt
+from dgtr.tta import TTAConfig, adapt, tta_losses
 
 
 def sphere_points(n=2048, r=0.04, seed=1) -> torch.Tensor:
@@ -66,6 +66,43 @@ def test_dist_term_keeps_initial_contacts():
     assert penetration_depth(hand, pts, R2, t2, q2).max() < 0.003  # and does not dig in
     after = (near(hand.contact_candidates(R2, t2, q2)) < 0.01).sum(-1)
     assert after.float().mean() >= 0.8 * touching.float().mean()
+
+
+def test_eq2_pulls_keypoints_that_touched_at_the_start():
+    """The "within τ at the start OR within τ now" mask of eq. 2, isolated.
+
+    tta_losses: keypoints 3τ from the object count (and are pulled back) when they touched at the start, and not
+    otherwise (eq. 1 would drop them all).  adapt: penetrating grasps with translation free (β_t = 0.1, the shipped
+    setting) are pushed out by L_pen; eq. 2 keeps >= 47 % of each grasp's initially touching keypoints within τ,
+    while eq. 1 (measured by masking with "within τ now" only) lets every one of them go (0 %, 3 seeds; mean
+    distance 21-23 mm vs 9-10 mm)."""
+    hand, pts = get_hand(), sphere_points(512)
+    R, t, q = grasps_on_sphere(B=2, tilt=0.0)
+    tau = 0.01
+    t_far = t + 0.15 * torch.nn.functional.normalize(t, dim=-1)           # the hand 15 cm further out
+    kp = hand.contact_candidates(R, t_far, q)
+    nbrs = pts[None, None].expand(2, kp.shape[1], -1, -1)                 # every object point is a candidate
+    d = torch.cdist(kp, pts[None].expand(2, -1, -1)).amin(-1)
+    assert (d > 3 * tau).all()
+    near = pts[None].expand(2, -1, -1)
+    start = torch.zeros_like(d, dtype=torch.bool)
+    start[0, :5] = True                                                   # grasp 0: five keypoints touched at start
+    out = tta_losses(hand, R, t_far.requires_grad_(True), q, near, nbrs, start, tau)
+    torch.testing.assert_close(out["dist"][0], d[0, :5].sum(), rtol=1e-5, atol=1e-7)
+    assert out["dist"][1] == 0                                            # nothing touched, nothing near: eq. 1
+    (g,) = torch.autograd.grad(out["dist"].sum(), t_far)
+    assert (g[0] * t[0]).sum() > 0 and g[1].abs().sum() == 0              # grasp 0 is pulled back towards the object
+
+    R, t, q = grasps_on_sphere(B=6, tilt=0.25)
+    pts = sphere_points()
+    dist = lambda k: torch.cdist(k, pts[None].expand(len(k), -1, -1)).amin(-1)
+    touched = dist(hand.contact_candidates(R, t, q)) < tau
+    assert (touched.sum(-1) >= 10).all()
+    R2, t2, q2 = adapt(hand, pts, R, t, q, TTAConfig(beta_t=0.1))
+    d2 = dist(hand.contact_candidates(R2, t2, q2))
+    kept = ((d2 < tau) & touched).sum(-1) / touched.sum(-1)
+    assert kept.min() > 0.3 and d2[touched].mean() < 0.015, (kept, d2[touched].mean())
+    assert not torch.equal(t2, t)  # translation did move (β_t > 0): it is the pull of eq. 2 that kept the contacts
 
 
 def test_mesh_signed_distance_path():
