@@ -4,9 +4,14 @@ Every module that needs settings defines its own ``@dataclass`` section (``Model
 commands compose sections into a top-level dataclass.  ``load(cls, path, overrides)`` builds one, checking every key
 and converting every value to the declared type, so a typo in a YAML file or on the command line is an error, not a
 silently ignored setting.  ``save(cfg, path)`` writes the resolved config next to checkpoints and results.
+
+A key that moved keeps old files loadable: a top-level dataclass lists ``RENAMED = {"old.dotted": "new.dotted"}``
+(a ClassVar) and every loader (YAML file, overrides, ``from_dict`` of a saved config) moves the old key to the new
+place, refusing one source that sets both to different values.
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import os
 import types
@@ -66,8 +71,42 @@ def _convert(value: Any, tp: Any, where: str) -> Any:
     return value
 
 
+def _get_dotted(d: dict, key: str, default=None):
+    for p in key.split("."):
+        if not isinstance(d, dict) or p not in d:
+            return default
+        d = d[p]
+    return d
+
+
+def renamed(cls, data: dict, where: str) -> dict:
+    """``data`` (a raw nested mapping; a changed copy when needed) with ``cls.RENAMED`` old keys moved to their new
+    place.  Raises InputError when ``data`` sets an old key and its new key to different values."""
+    moves = getattr(cls, "RENAMED", {})
+    if not any(_get_dotted(data, old, _MISSING) is not _MISSING for old in moves):
+        return data
+    data = copy.deepcopy(data)
+    for old, new in moves.items():
+        v = _get_dotted(data, old, _MISSING)
+        if v is _MISSING:
+            continue
+        section, _, leaf = old.rpartition(".")
+        del (_get_dotted(data, section) if section else data)[leaf]
+        cur = _get_dotted(data, new, _MISSING)
+        if cur is not _MISSING and cur != v:
+            raise InputError(f"config {where}: {old} ({v!r}) and {new} ({cur!r}) differ; {old} is now {new}: "
+                             f"set {new} only")
+        _set_dotted(data, new, v)
+    return data
+
+
+_MISSING = object()
+
+
 def from_dict(cls: type[T], data: dict, where: str = "") -> T:
-    """Build dataclass ``cls`` from a (possibly partial) nested dict; unknown keys are errors."""
+    """Build dataclass ``cls`` from a (possibly partial) nested dict; unknown keys are errors (old keys of
+    ``cls.RENAMED`` are moved first)."""
+    data = renamed(cls, data, where or cls.__name__)
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = set(data) - names
@@ -116,17 +155,19 @@ def load(cls: type[T], path: str | os.PathLike | None = None, overrides: typing.
             raise FileFormatError(f"config file {p} is not valid YAML: {e}") from None
         if not isinstance(loaded, dict):
             raise FileFormatError(f"config file {p}: expected a mapping at top level")
-        data = _merge(data, loaded)
-    return from_dict(cls, apply_overrides(data, overrides))
+        data = _merge(data, renamed(cls, loaded, f"file {p}"))
+    return from_dict(cls, apply_overrides(data, overrides, getattr(cls, "RENAMED", {})))
 
 
-def apply_overrides(data: dict, overrides: typing.Iterable[str]) -> dict:
-    """``data`` (a nested dict, changed in place and returned) with ``key.sub=value`` overrides applied."""
+def apply_overrides(data: dict, overrides: typing.Iterable[str], moves: dict[str, str] | None = None) -> dict:
+    """``data`` (a nested dict, changed in place and returned) with ``key.sub=value`` overrides applied (an old key
+    of ``moves`` sets its new key)."""
     for ov in overrides:
         if "=" not in ov:
             raise InputError(f"override {ov!r}: expected key=value")
         k, v = ov.split("=", 1)
-        _set_dotted(data, k.strip(), yaml.safe_load(v) if v.strip() else "")
+        k = k.strip()
+        _set_dotted(data, (moves or {}).get(k, k), yaml.safe_load(v) if v.strip() else "")
     return data
 
 

@@ -1,6 +1,7 @@
 """DGTR training losses over matched (prediction, ground truth) pairs (paper eq. 1, 4, 7; DESIGN.md §3).
 
-Per matched pair (K pairs over the batch; every term is averaged over the K pairs, paper §3.5):
+Per matched pair (K pairs over the batch; every term is averaged over the K pairs, paper §3.5; under DDP over the K
+pairs of the global batch, see ``SetCriterion(distributed=True)``):
 - ``trans``   Σ_d smoothL1(t̂_norm − t_norm)            (λ = 10)  sums over the 3 axes, like the matcher's L1
 - ``joints``  Σ_d smoothL1(q̂_norm − q_norm)            (λ = 10)  sums over the J joints
 - ``rot``     1 − |⟨r̂, r⟩| on unit wxyz quaternions      (λ = 10)  q ≡ −q
@@ -30,6 +31,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 
@@ -38,7 +40,7 @@ from .matcher import MatcherConfig, check_assignment, from_query_assignment, hun
 from .rotations import matrix_from_quaternion, quaternion_from_matrix
 
 __all__ = ["LossConfig", "SetCriterion", "normalise_targets", "chamfer", "vanilla_distance", "object_penetration",
-           "STAGES"]
+           "pairs_per_rank", "STAGES"]
 
 STAGES = ("dmt", "smw", "smpt")
 HAND_TERMS = ("chamfer", "spen", "pen", "dist")
@@ -171,18 +173,35 @@ def object_penetration(hand_sdf: torch.Tensor) -> torch.Tensor:
     return F.relu(hand_sdf).sum(-1)
 
 
+def pairs_per_rank(k: int, device) -> float:
+    """DETR's ``num_boxes``: the matched pairs of all ranks / world size (this batch's K in one process), at least 1.
+
+    DDP averages gradients over the W ranks, so with each rank's loss = Σ_its pairs / (K_global / W) the averaged
+    gradient is that of Σ_all pairs / K_global: the mean over the global batch, whatever K each rank holds.  Every rank
+    must call it at every step (an all-reduce).
+    """
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return float(max(k, 1))
+    n = torch.tensor([float(k)], dtype=torch.float64, device=device)
+    dist.all_reduce(n)
+    return max(float(n) / dist.get_world_size(), 1.0)
+
+
 # ---------------------------------------------------------------------------------------------- the criterion
 class SetCriterion(nn.Module):
     """Matching + weighted losses over all decoder layers.
 
     cfg: LossConfig; hand: object with the hand API above (may be None when every hand term has weight 0);
-    joint_lower/joint_upper (J,): default to the hand's; t_range: the model's translation range (ModelConfig.t_range).
+    joint_lower/joint_upper (J,): default to the hand's; t_range: the model's translation range (ModelConfig.t_range);
+    distributed: under DDP, average every term over the global batch's pairs (``pairs_per_rank``: one all-reduce per
+    call, so every rank must call it together; validation on one rank needs a criterion without it).
     """
 
     def __init__(self, cfg: LossConfig | None = None, hand=None, joint_lower=None, joint_upper=None,
-                 t_range: float = 0.22):
+                 t_range: float = 0.22, distributed: bool = False):
         super().__init__()
         self.cfg = cfg or LossConfig()
+        self.distributed = distributed
         self.hand = hand
         if joint_lower is None or joint_upper is None:
             if hand is None:
@@ -223,7 +242,9 @@ class SetCriterion(nn.Module):
             grasps in ``targets``: the loader must give every object the same grasps in the same order each epoch;
         points: object point clouds (B, P, 3), needed when 'pen' or 'dist' is active (stage 'smpt').
         Returns (total loss (scalar tensor), logs {name: float}, final-layer assignments: B arrays (Q,) int64).
-        Logs hold the unweighted final-layer terms, 'loss' (total), 'loss_final', 'loss_aux', 'matched' (K).
+        Logs hold the unweighted final-layer terms, 'loss' (total), 'loss_final', 'loss_aux', 'matched' (K, this
+        rank's).  With ``distributed`` each term is Σ over this rank's pairs / ``pairs_per_rank``: the mean of the
+        logs over the ranks is the global mean.
         """
         weights = self.cfg.weights(stage)
         B, Q = outputs["quaternion"].shape[:2]
@@ -249,10 +270,13 @@ class SetCriterion(nn.Module):
                       for b, a in enumerate(static_assignment)]
 
         layers = [outputs] + (list(outputs.get("aux", [])) if self.cfg.aux else [])
-        total, logs, final_matches = 0.0, {}, None
+        total, logs, final_matches, norm = 0.0, {}, None, None
         for li, layer in enumerate(layers):
             matches = static if static is not None else hungarian_match(layer, gts, self.cfg.matcher)
-            terms = self.layer_terms(layer, gts, matches, weights, points)
+            if norm is None:  # K is the same in every layer: Σ_b min(Q, M_b) (Hungarian) or the static pairs
+                k = sum(len(m[0]) for m in matches)
+                norm = pairs_per_rank(k, outputs["translation"].device) if self.distributed else float(max(k, 1))
+            terms = self.layer_terms(layer, gts, matches, weights, points, norm)
             loss = sum(weights[k] * v for k, v in terms.items())
             total = total + loss
             if li == 0:
@@ -264,12 +288,16 @@ class SetCriterion(nn.Module):
         logs["loss_aux"] = logs["loss"] - logs["loss_final"]
         return total, logs, [to_query_assignment(m, Q) for m in final_matches]
 
-    def layer_terms(self, pred: dict, gts: list[dict], matches, weights: dict, points) -> dict[str, torch.Tensor]:
-        """Unweighted loss terms of one layer, each averaged over the K matched pairs (zero when K = 0)."""
+    def layer_terms(self, pred: dict, gts: list[dict], matches, weights: dict, points,
+                    norm: float | None = None) -> dict[str, torch.Tensor]:
+        """Unweighted loss terms of one layer: each one's sum over the K matched pairs / ``norm`` (default K: the
+        mean; zero when K = 0)."""
         dev = pred["quaternion"].device
         bidx = torch.cat([torch.full_like(p, b) for b, (p, _) in enumerate(matches)]).to(dev)
         pidx = torch.cat([p for p, _ in matches]).to(dev)
         K = int(bidx.numel())
+        norm = float(K) if norm is None else norm
+        mean = lambda x: x.sum() / norm  # == x.mean() bit for bit when norm = K (CPU)
         if K == 0:  # keep the graph connected so backward() works on a batch without ground truth
             zero = pred["translation_norm"].sum() * 0
             return {k: zero for k, w in weights.items() if w > 0 or k in ("trans", "joints", "rot")}
@@ -280,20 +308,20 @@ class SetCriterion(nn.Module):
         beta = self.cfg.smooth_l1_beta
         sl1 = lambda a, b: F.smooth_l1_loss(a, b, reduction="none", beta=beta).sum(-1)
         terms = {
-            "trans": sl1(P["translation_norm"], G["translation_norm"]).mean(),
-            "joints": sl1(P["joints_norm"], G["joints_norm"]).mean(),
-            "rot": (1 - (P["quaternion"] * G["quaternion"]).sum(-1).abs()).mean(),
+            "trans": mean(sl1(P["translation_norm"], G["translation_norm"])),
+            "joints": mean(sl1(P["joints_norm"], G["joints_norm"])),
+            "rot": mean(1 - (P["quaternion"] * G["quaternion"]).sum(-1).abs()),
         }
         pose = (P["rotation"], P["translation"], P["joints"])
         if weights["chamfer"] > 0:
             with torch.no_grad():
                 gt_surface = self._surface(G["rotation"], G["translation"], G["joints"])
-            terms["chamfer"] = gt_surface.shape[1] * chamfer(self._surface(*pose), gt_surface).mean()
+            terms["chamfer"] = gt_surface.shape[1] * mean(chamfer(self._surface(*pose), gt_surface))
         if weights["spen"] > 0:
-            terms["spen"] = self.hand.self_penetration(*pose).mean()
+            terms["spen"] = mean(self.hand.self_penetration(*pose))
         if weights["pen"] > 0:
-            terms["pen"] = self.hand.penetration(*pose, points[bidx]).mean()
+            terms["pen"] = mean(self.hand.penetration(*pose, points[bidx]))
         if weights["dist"] > 0:
-            terms["dist"] = vanilla_distance(self.hand.contact_candidates(*pose), points[bidx],
-                                             self.cfg.dist_tau).mean()
+            terms["dist"] = mean(vanilla_distance(self.hand.contact_candidates(*pose), points[bidx],
+                                                  self.cfg.dist_tau))
         return terms

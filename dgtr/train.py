@@ -24,9 +24,16 @@ and checkpoints hold model, optimiser, scheduler and every RNG (torch, numpy, py
 resumed with ``--resume`` ends with the same weights, bit for bit, as an uninterrupted one (CPU, deterministic
 algorithms).  A checkpoint is written at the end of an epoch; an interrupted epoch is redone.
 
+``--resume`` continues the run in ``--out`` with the config it was started with: a config (``--config``, overrides)
+that differs from the checkpoint's in any key but ``RESUME_FREE`` (bookkeeping that cannot change the weights) is
+refused, naming the keys.
+
 DDP: ``torchrun --nproc_per_node N -m dgtr train ...`` (gloo on CPU, nccl on CUDA).  ``train.batch_size`` is the
 global batch (objects per optimiser step over all processes); each rank gets ⌈batch/N⌉ through a DistributedSampler.
-Rank 0 validates and writes every file.
+A DDP step computes what one process computes on the whole global batch: the losses are averaged over the matched
+pairs of all ranks (``losses.pairs_per_rank``, DETR's ``num_boxes``), and BatchNorm layers become ``GlobalBatchNorm``
+(statistics of the global batch, so every rank also keeps the same running statistics; torch's SyncBatchNorm refuses
+CPU tensors).  Rank 0 validates and writes every file.
 """
 from __future__ import annotations
 
@@ -40,6 +47,7 @@ import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -49,11 +57,12 @@ from . import config as config_mod
 from .errors import DgtrError, FileFormatError, InputError, MissingFileError
 from .losses import LossConfig, SetCriterion
 from .matcher import hungarian_match, save_assignments, to_query_assignment
-from .model import ModelConfig, build_model
+from .model import MIN_POINTS, ModelConfig, build_model
 from .tta import TTAConfig
 
 __all__ = ["TrainSettings", "TrainConfig", "train", "read_checkpoint", "load_weights", "entry_key", "stage_of",
-           "matching_instability", "record_static_assignment", "validate", "add_train_args", "run_train"]
+           "matching_instability", "record_static_assignment", "validate", "add_train_args", "run_train",
+           "config_diff", "GlobalBatchNorm", "global_batchnorm"]
 
 CHECKPOINT_FORMAT = "dgtr-checkpoint-v1"
 
@@ -72,7 +81,6 @@ class TrainSettings:
     lr_min: float = 1e-6          # where each cosine ends
     grad_clip: float = 1.0        # max global gradient norm; 0 = off
     seed: int = 0
-    n_points: int = 4096          # points per object cloud (also written to model.n_points)
     min_grasps: int = 1           # (object, scale) entries with fewer grasps are skipped
     num_workers: int = 0          # DataLoader workers (clouds are precomputed in memory: 0 is fine on a CPU)
     val_every: int = 1            # validate every N epochs (and after the last); 0 = never
@@ -93,9 +101,12 @@ class TrainConfig:
     train: TrainSettings = field(default_factory=TrainSettings)
     tta: TTAConfig = field(default_factory=TTAConfig)
 
+    # train.n_points (points per training cloud) was a second copy of model.n_points that silently won over it;
+    # model.n_points is now the one setting, and files that carry the old key keep loading (config.renamed)
+    RENAMED: ClassVar[dict[str, str]] = {"train.n_points": "model.n_points"}
+
     def check(self) -> None:
         s = self.train
-        self.model.n_points = s.n_points
         self.model.check()
         self.tta.check()
         if min(s.epochs_dmt, s.epochs_smw, s.epochs_smpt) < 0 or s.epochs_dmt + s.epochs_smw + s.epochs_smpt < 1:
@@ -106,8 +117,8 @@ class TrainConfig:
             raise InputError("train: need batch_size >= 1, lr > 0, weight_decay >= 0, grad_clip >= 0, num_workers >= 0")
         if s.lr_schedule not in ("stage", "run"):
             raise InputError(f"train.lr_schedule: expected 'stage' or 'run', got {s.lr_schedule!r}")
-        if s.n_points < 64:
-            raise InputError(f"train.n_points: need >= 64, got {s.n_points}")
+        if self.model.n_points < MIN_POINTS:
+            raise InputError(f"model.n_points: need >= {MIN_POINTS}, got {self.model.n_points}")
 
     @property
     def total_epochs(self) -> int:
@@ -129,12 +140,16 @@ def entry_key(code: str, scale: float) -> str:
 def read_checkpoint(path) -> dict:
     """Load a checkpoint written by ``dgtr train`` (tensors on the CPU).  Raises MissingFileError / FileFormatError."""
     p = Path(path)
+    if p.is_dir():
+        hint = f" (did you mean {p / 'checkpoint.pt'}?)" if (p / "checkpoint.pt").is_file() else ""
+        raise FileFormatError(f"checkpoint {p} is a folder, not a checkpoint file{hint}")
     if not p.is_file():
         raise MissingFileError(f"checkpoint not found: {p}")
     try:
         ck = torch.load(p, map_location="cpu", weights_only=True)
-    except Exception as e:  # torch raises several types for truncated/corrupt/foreign files
-        raise FileFormatError(f"{p}: not a readable dgtr checkpoint ({type(e).__name__}: {str(e)[:200]})") from None
+    except Exception:  # torch raises several types (and pages of text) for truncated/corrupt/foreign files
+        raise FileFormatError(f"{p}: not a readable dgtr checkpoint (truncated, corrupt or another kind of file; "
+                              f"{p.stat().st_size} bytes)") from None
     if not isinstance(ck, dict) or not {"model", "config"} <= set(ck):
         raise FileFormatError(f"{p}: not a dgtr checkpoint (needs 'model' and 'config' entries)")
     return ck
@@ -145,6 +160,24 @@ def config_from_checkpoint(ck: dict, path="checkpoint") -> TrainConfig:
         return config_mod.from_dict(TrainConfig, ck["config"])
     except (DgtrError, TypeError, AttributeError) as e:
         raise FileFormatError(f"{path}: its config does not fit this version of dgtr ({e})") from None
+
+
+# keys a resumed run may change: they cannot change the weights it ends with
+RESUME_FREE = ("train.progress", "train.num_workers", "train.log_every")
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+    return out
+
+
+def config_diff(old: TrainConfig, new: TrainConfig, ignore=RESUME_FREE) -> list[str]:
+    """``['key old -> new', ...]`` for every (dotted) setting that differs, but the ``ignore`` ones."""
+    a, b = _flat(config_mod.to_dict(old)), _flat(config_mod.to_dict(new))
+    return [f"{k} {a.get(k)!r} -> {b.get(k)!r}" for k in sorted(set(a) | set(b))
+            if k not in ignore and a.get(k) != b.get(k)]
 
 
 def load_weights(model: torch.nn.Module, state: dict, path="checkpoint") -> None:
@@ -227,6 +260,70 @@ def _setup(device: str) -> tuple[_Dist, torch.device]:
     return d, dev
 
 
+class _AllReduceSum(torch.autograd.Function):
+    """Differentiable all-reduce (sum): every rank's output depends on every rank's input, so the gradient is the
+    all-reduced sum of the output gradients (torch.distributed.nn.functional.all_reduce, deprecated in torch 2.13)."""
+
+    @staticmethod
+    def forward(ctx, x):
+        x = x.clone()
+        dist.all_reduce(x)
+        return x
+
+    @staticmethod
+    def backward(ctx, g):
+        g = g.clone()
+        dist.all_reduce(g)
+        return g
+
+
+class GlobalBatchNorm(torch.nn.modules.batchnorm._BatchNorm):
+    """BatchNorm whose training-mode statistics are those of the global batch over all DDP ranks (what one process
+    would compute on the whole batch), so every rank also updates the same running statistics.  torch's
+    SyncBatchNorm does this for CUDA only (it refuses CPU tensors, i.e. gloo); this one runs on any device.  Outside
+    a multi-process group, or in eval mode, it is plain BatchNorm.  Parameters and buffers are BatchNorm's (same
+    state-dict keys).  Input (R, C) or (R, C, *).
+    """
+
+    def _check_input_dim(self, x):
+        if x.dim() < 2:
+            raise ValueError(f"GlobalBatchNorm: expected (R, C) or (R, C, *) input, got {tuple(x.shape)}")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not (self.training and dist.is_initialized() and dist.get_world_size() > 1):
+            return super().forward(x)
+        all_reduce = _AllReduceSum.apply
+        self._check_input_dim(x)
+        dims, shape = [0, *range(2, x.dim())], (1, -1) + (1,) * (x.dim() - 2)
+        n = torch.tensor([x.numel() / x.shape[1]], dtype=x.dtype, device=x.device)
+        dist.all_reduce(n)
+        mean = all_reduce(x.sum(dims)) / n
+        xc = x - mean.view(shape)
+        var = all_reduce((xc * xc).sum(dims)) / n      # two passes: no E[x²] − E[x]² cancellation
+        if self.track_running_stats:
+            with torch.no_grad():
+                self.num_batches_tracked += 1
+                m = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)
+                self.running_mean.lerp_(mean, m)
+                self.running_var.lerp_(var * (n / (n - 1).clamp(min=1)), m)  # unbiased, as BatchNorm
+        y = xc * torch.rsqrt(var + self.eps).view(shape)
+        return y * self.weight.view(shape) + self.bias.view(shape) if self.affine else y
+
+
+def global_batchnorm(module: torch.nn.Module) -> torch.nn.Module:
+    """``module`` with every BatchNorm layer replaced by a ``GlobalBatchNorm`` holding the same parameters and
+    buffers (in place for children; returns the new module when ``module`` itself is a BatchNorm)."""
+    if isinstance(module, torch.nn.modules.batchnorm._BatchNorm) and not isinstance(module, GlobalBatchNorm):
+        new = GlobalBatchNorm(module.num_features, module.eps, module.momentum, module.affine,
+                              module.track_running_stats).to(next(iter(module.state_dict().values())).device)
+        new.load_state_dict(module.state_dict())
+        new.train(module.training)
+        return new
+    for name, child in module.named_children():
+        setattr(module, name, global_batchnorm(child))
+    return module
+
+
 # ------------------------------------------------------------------------------------------------ data
 def _datasets(cfg: TrainConfig, root: Path):
     from .data import GraspDataset, read_splits
@@ -239,12 +336,12 @@ def _datasets(cfg: TrainConfig, root: Path):
     s = cfg.train
     if not splits.get("train"):
         raise InputError(f"--data {root}: the train split is empty")
-    train_ds = GraspDataset(root, "train", n_points=s.n_points, min_grasps=s.min_grasps, seed=s.seed)
+    train_ds = GraspDataset(root, "train", n_points=cfg.model.n_points, min_grasps=s.min_grasps, seed=s.seed)
     if len(train_ds) == 0:
         raise InputError(f"--data {root}: no train entry has >= {s.min_grasps} grasps (train.min_grasps)")
     val_ds = None
     if splits.get("val"):
-        val_ds = GraspDataset(root, "val", n_points=s.n_points, min_grasps=s.min_grasps, seed=s.seed)
+        val_ds = GraspDataset(root, "val", n_points=cfg.model.n_points, min_grasps=s.min_grasps, seed=s.seed)
         val_ds = val_ds if len(val_ds) else None
     return train_ds, val_ds
 
@@ -428,20 +525,31 @@ def _run_epoch(model, criterion, opt, sched, loader, stage: str, static, cfg: Tr
 def train(cfg: TrainConfig, data, out, resume: bool = False, device: str = "cpu", max_epochs: int | None = None):
     """Run (or continue) DSMT.  Returns the trained model (unwrapped, on ``device``).
 
-    data: DexGraspNet-layout folder (``dataset/``, ``meshdata/``, ``splits.json``); out: run folder;
-    max_epochs: stop after this many epochs of this invocation (continue later with ``resume=True``).
+    data: DexGraspNet-layout folder (``dataset/``, ``meshdata/``, ``splits.json``); out: run folder (checked writable
+    first); max_epochs (>= 1): stop after this many epochs of this invocation (continue later with ``resume=True``).
+    resume: continue the run in ``out``; ``cfg`` must equal its config (but ``RESUME_FREE``).
     """
+    from .cli import check_out_dir
     from .hand import get_hand
 
-    d, dev = _setup(device)
+    if max_epochs is not None and max_epochs < 1:
+        raise InputError(f"--max-epochs: need >= 1, got {max_epochs}")
+    cfg.check()
     out, data = Path(out), Path(data)
+    if int(os.environ.get("RANK", "0")) == 0:  # rank 0 writes every file
+        check_out_dir(out, "--out")
+    d, dev = _setup(device)
     ckpt_path = out / "checkpoint.pt"
     ck = None
     if resume:
         ck = read_checkpoint(ckpt_path)
+        diff = config_diff(config_from_checkpoint(ck, ckpt_path), cfg)
+        if diff:
+            raise InputError(f"--resume: the config differs from the one {out} was trained with (run -> now): "
+                             f"{'; '.join(diff)}. Resume with the run's config (no --config, no overrides) or "
+                             "start a new --out")
     elif ckpt_path.exists():
         raise InputError(f"{out} already holds a run (checkpoint.pt): continue it with --resume or choose another --out")
-    cfg.check()
     s = cfg.train
     if s.deterministic and dev.type == "cuda":
         # CPU kernels are deterministic already (and the call imports torch._inductor: ~5 s)
@@ -454,7 +562,7 @@ def train(cfg: TrainConfig, data, out, resume: bool = False, device: str = "cpu"
     train_ds, val_ds = _datasets(cfg, data)
     hand = get_hand(dev)
     model = build_model(cfg.model, hand.joint_lower.cpu(), hand.joint_upper.cpu()).to(dev)
-    criterion = SetCriterion(cfg.loss, hand, t_range=cfg.model.t_range).to(dev)
+    criterion = SetCriterion(cfg.loss, hand, t_range=cfg.model.t_range, distributed=d.world > 1).to(dev)
     opt = torch.optim.Adam(model.parameters(), lr=s.lr, weight_decay=s.weight_decay)
     per_rank = max(1, math.ceil(s.batch_size / d.world))
     steps_per_epoch = len(_loader(train_ds, per_rank, d, True, s.seed, 0, 0))
@@ -480,11 +588,17 @@ def train(cfg: TrainConfig, data, out, resume: bool = False, device: str = "cpu"
             _set_rng_state(rngs[d.rank])
         else:
             torch.manual_seed(s.seed + 1000 * start_epoch + d.rank)
+        if d.main:
+            where = (f"epoch {start_epoch + 1} of {cfg.total_epochs} ({stage_of(cfg, start_epoch)})"
+                     if start_epoch < cfg.total_epochs else f"the end: all {cfg.total_epochs} epochs are done")
+            print(f"dgtr train: resuming {ckpt_path} after epoch {start_epoch} (optimiser step {step}) at {where}",
+                  file=sys.stderr, flush=True)
     else:
         torch.manual_seed(s.seed + d.rank)  # same init on every rank (above); own dropout stream per rank from here
 
     if d.world > 1:
-        model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[dev.index] if dev.type == "cuda" else None)
+        model = torch.nn.parallel.DistributedDataParallel(global_batchnorm(model),
+                                                          device_ids=[dev.index] if dev.type == "cuda" else None)
     core = model.module if d.world > 1 else model
 
     writer = None
@@ -533,9 +647,6 @@ def train(cfg: TrainConfig, data, out, resume: bool = False, device: str = "cpu"
             rec["time_s"] = time.perf_counter() - t_epoch
             history.append(rec)
 
-            if d.world > 1:  # BatchNorm statistics drift per rank between DDP's per-forward broadcasts: align them
-                for b in core.buffers():
-                    dist.broadcast(b, 0)
             save = (epoch + 1) % s.checkpoint_every == 0 or epoch + 1 == last
             rngs = d.gather(_rng_state()) if save else None
             if d.main:
@@ -567,13 +678,15 @@ def train(cfg: TrainConfig, data, out, resume: bool = False, device: str = "cpu"
 
 # ------------------------------------------------------------------------------------------------------ CLI
 def add_train_args(p: argparse.ArgumentParser) -> None:
+    from .cli import positive_int
+
     p.add_argument("--data", required=True, help="DexGraspNet-layout folder: dataset/, meshdata/, splits.json")
     p.add_argument("--out", required=True, help="run folder (checkpoint.pt, config.yaml, tb/, summary.json)")
     p.add_argument("--config", help="YAML run config (default: built-in defaults = configs/default.yaml; "
                                     "with --resume: the run's config.yaml)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint.pt")
     p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
-    p.add_argument("--max-epochs", type=int, default=None,
+    p.add_argument("--max-epochs", type=positive_int, default=None,
                    help="stop after this many epochs of this invocation (fit a job time limit; continue with --resume)")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. train.lr=1e-4")
 
@@ -599,7 +712,10 @@ def export_checkpoint(src, dest, overrides=()) -> Path:
     ``<dest stem>_summary.json`` (epochs, wall time) beside it.  ``dgtr.load(dest)`` reads it like any checkpoint.
     ``overrides`` (``tta.key=value``) set the AB-TTA defaults the checkpoint carries, e.g. ones measured on its
     validation split; nothing else can change after training."""
+    from .cli import check_out_file
+
     src, dest = Path(src), Path(dest)
+    check_out_file(dest, "DEST")
     ck = read_checkpoint(src)
     cfg = config_from_checkpoint(ck, src)
     if overrides:

@@ -34,7 +34,7 @@ def tiny_config(**train_kw) -> TrainConfig:
         setattr(cfg.model, k, v)
     cfg.model.dropout = 0.0
     s = cfg.train
-    s.n_points, s.batch_size, s.epochs_dmt, s.epochs_smw, s.epochs_smpt = 256, 2, 1, 1, 1
+    s.batch_size, s.epochs_dmt, s.epochs_smw, s.epochs_smpt = 2, 1, 1, 1
     s.progress, s.val_metric_objects, s.lr = False, 2, 1e-3
     for k, v in train_kw.items():
         setattr(s, k, v)
@@ -155,19 +155,29 @@ def test_ddp_two_processes_keep_identical_parameters(dataset, tmp_path):
     script = tmp_path / "worker.py"
     script.write_text(
         "import os, sys, torch\n"
-        "from dgtr import config\nfrom dgtr.train import TrainConfig, train\n"
+        "import dgtr.losses as L\nfrom dgtr import config\nfrom dgtr.train import TrainConfig, train\n"
+        "calls, orig = [], L.pairs_per_rank\n"
+        "L.pairs_per_rank = lambda k, dev: calls.append(k) or orig(k, dev)  # count the global normalisations\n"
         "cfg = config.load(TrainConfig, sys.argv[1])\n"
         "model = train(cfg, sys.argv[2], sys.argv[3])\n"
-        "torch.save(model.state_dict(), os.path.join(sys.argv[4], f'rank{os.environ[\"RANK\"]}.pt'))\n")
+        "norms = sorted({type(m).__name__ for m in model.modules() if 'Norm' in type(m).__name__})\n"
+        "torch.save({'state': model.state_dict(), 'calls': len(calls), 'norms': norms},\n"
+        "           os.path.join(sys.argv[4], f'rank{os.environ[\"RANK\"]}.pt'))\n")
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(_free_port()),
            str(script), str(cfg_file), str(dataset), str(tmp_path / "run"), str(tmp_path)]
     r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
     assert r.returncode == 0, r.stderr[-3000:]
-    s0, s1 = torch.load(tmp_path / "rank0.pt"), torch.load(tmp_path / "rank1.pt")
-    init = weights(train.__globals__["build_model"](config.load(TrainConfig, cfg_file).model,
-                                                     get_hand().joint_lower, get_hand().joint_upper))
-    assert any(not torch.equal(s0[k], init[k]) for k in s0)  # it trained
+    r0, r1 = torch.load(tmp_path / "rank0.pt"), torch.load(tmp_path / "rank1.pt")
+    s0, s1 = r0["state"], r1["state"]
+    cfg = config.load(TrainConfig, cfg_file)
+    torch.manual_seed(cfg.train.seed)  # the initial weights of the run (train() seeds, then builds the model)
+    init = weights(train.__globals__["build_model"](cfg.model, get_hand().joint_lower, get_hand().joint_upper))
+    assert sum(not torch.equal(s0[k], init[k]) for k in s0) > len(s0) // 2  # it trained
+    # every training step normalised by the global pair count, and BatchNorm used the global batch: so the
+    # running statistics (buffers) agree across ranks with no broadcast
+    assert r0["calls"] > 0 and r0["calls"] == r1["calls"]
+    assert "GlobalBatchNorm" in r0["norms"] and "BatchNorm1d" not in r0["norms"]
     for k in s0:
         assert torch.equal(s0[k], s1[k]), k
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
@@ -200,9 +210,8 @@ def test_bad_inputs(dataset, tmp_path):
     train(tiny_config(epochs_dmt=1, epochs_smw=0, epochs_smpt=0), dataset, run)
     other = tiny_config(epochs_dmt=2, epochs_smw=0, epochs_smpt=0)
     other.model.d_model = 32
-    with pytest.raises(FileFormatError, match="another config"):
+    with pytest.raises(InputError, match=r"model\.d_model 64 -> 32; train\.epochs_dmt 1 -> 2\. Resume with"):
         train(other, dataset, run, resume=True)
-    assert cli_main(["train", "--data", str(dataset), "--out", str(run), "--resume", "model.d_model=32"]) == 2
     assert cli_main(["train", "--data", str(tmp_path / "nope"), "--out", str(tmp_path / "r7")]) == 2
     if not torch.cuda.is_available():
         with pytest.raises(InputError, match="CUDA"):
@@ -210,13 +219,32 @@ def test_bad_inputs(dataset, tmp_path):
 
 
 def test_penetration_under_dynamic_matching(dataset, tmp_path):
-    """The paper's Table 6 setting (pen/dist in DMT): trains, and validation still reports the base loss."""
+    """The paper's Table 6 setting (pen/dist in DMT): the DMT training loss holds 50·pen + 10·dist, and validation
+    still reports the base loss (without pen/dist), comparable with runs that have no pen/dist in DMT."""
+    import dataclasses
+
+    from dgtr.losses import SetCriterion
+    from dgtr.train import _datasets, _Dist, _loader, _targets
+
     cfg = tiny_config(epochs_dmt=1, epochs_smw=0, epochs_smpt=0)
     cfg.loss.pen_stages = ["dmt"]
-    train(cfg, dataset, tmp_path / "run")
+    model = train(cfg, dataset, tmp_path / "run")
     rec = json.loads((tmp_path / "run" / "summary.json").read_text())["epochs"][0]
-    assert rec["stage"] == "dmt" and rec["train"]["pen"] >= 0 and "dist" in rec["train"]
-    assert "val_loss" in rec["val"] and "val_pen" not in rec["val"]
+    tr, w = rec["train"], cfg.loss.weights("dmt")
+    assert rec["stage"] == "dmt" and tr["pen"] > 0 and tr["dist"] > 0 and w["pen"] == 50 and w["dist"] == 10
+    assert tr["loss_final"] == pytest.approx(sum(w[k] * tr[k] for k in w), rel=1e-5)  # pen and dist were trained
+
+    # the recorded val loss, recomputed from the final weights: the base loss, not the one with pen/dist
+    hand = get_hand()
+    batch = next(iter(_loader(_datasets(cfg, dataset)[1], 16, _Dist(), False, 0, 0, 0)))
+    model.eval()
+    with torch.no_grad():
+        pred = model(batch["points"])
+    loss = lambda stages: SetCriterion(dataclasses.replace(cfg.loss, pen_stages=stages), hand, t_range=0.22)(
+        pred, _targets(batch, "cpu"), None, "dmt", batch["points"])[1]["loss"]
+    assert len(batch["points"]) == 2  # the whole val split in one batch
+    assert rec["val"]["val_loss"] == pytest.approx(loss([]), rel=1e-5)
+    assert loss(["dmt"]) > 1.01 * loss([])  # with pen/dist the number would differ: the check can fail
 
 
 def test_trains_without_tensorboard(dataset, tmp_path, monkeypatch, capsys):
@@ -224,3 +252,194 @@ def test_trains_without_tensorboard(dataset, tmp_path, monkeypatch, capsys):
     train(tiny_config(epochs_dmt=1, epochs_smw=0, epochs_smpt=0, val_every=0), dataset, tmp_path / "run")
     assert "tensorboard is not installed" in capsys.readouterr().err
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["completed"]
+
+
+# ------------------------------------------------------------------------------------- DDP = one process, exactly
+DDP_M = (2, 3, 12, 9)  # grasps per object: rank 0 holds objects 0-1 (K = 5 pairs), rank 1 objects 2-3 (K = 8 + 8)
+
+
+def _ddp_problem():
+    """(model, criterion-free inputs): tiny seeded model (BatchNorm in the encoder), 4 clouds, 4 ground truths."""
+    from test_losses import FakeHand, random_gt
+    from test_model import LOWER, UPPER, cloud
+
+    from dgtr.model import ModelConfig, build_model
+
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(**TINY_MODEL, dropout=0.0), LOWER, UPPER).double()
+    pts = cloud(4, 256, seed=3) * torch.tensor([1.0, 1.4, 0.8, 1.2])[:, None, None]
+    gts = [random_gt(m, 20 + i, near=pts[i]) for i, m in enumerate(DDP_M)]
+    return model, FakeHand(), pts, gts
+
+
+def _ddp_step(model, hand, pts, gts, distributed: bool) -> tuple[dict, dict, dict]:
+    """One training-mode loss + backward with every loss term on (pen/dist in DMT): (grads, BatchNorm buffers, logs)."""
+    from dgtr.losses import LossConfig, SetCriterion
+
+    crit = SetCriterion(LossConfig(pen_stages=["dmt"]), hand, t_range=0.22, distributed=distributed)
+    loss, logs, _ = crit(model(pts), gts, None, "dmt", pts)
+    loss.backward()
+    grads = {k: p.grad.clone() for k, p in model.named_parameters() if p.grad is not None}
+    if torch.distributed.is_initialized():  # what DDP does with them (its wrapper costs ~6 s of imports here)
+        for g in grads.values():
+            torch.distributed.all_reduce(g)
+            g /= torch.distributed.get_world_size()
+    bufs = {k: b.clone() for k, b in model.named_buffers() if "running" in k}
+    return grads, bufs, logs
+
+
+def _ddp_worker(rank: int, port: int, out: str) -> None:
+    import torch.distributed as dist
+
+    from dgtr.train import global_batchnorm
+
+    torch.set_num_threads(1)
+    torch.set_default_dtype(torch.float64)  # see the test
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    try:
+        res = {}
+        for fixed in (True, False):  # DDP as dgtr.train does it, and the naive one (per-rank mean and BatchNorm)
+            model, hand, pts, gts = _ddp_problem()
+            model = global_batchnorm(model) if fixed else model
+            mine = slice(2 * rank, 2 * rank + 2)
+            res[fixed] = _ddp_step(model, hand, pts[mine], gts[mine], distributed=fixed)
+        torch.save(res, os.path.join(out, f"rank{rank}.pt"))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_ddp_step_equals_one_process_on_the_global_batch(tmp_path):
+    """Two gloo ranks holding K = 5 and 16 matched pairs: DDP's averaged gradient, every logged loss term and the
+    BatchNorm running statistics equal one process's on all 4 objects (global pair normalisation, GlobalBatchNorm).
+    The naive DDP step (each rank's mean over its own pairs, per-rank BatchNorm) does not: the check can fail.
+    In float64, so that round-off cannot flip a max-pool argmax or a ReLU and make float32 gradients differ by 0.3 %."""
+    import torch.multiprocessing as mp
+
+    # fork: the children start at once with everything imported (spawn would re-import torch: ~10 s here)
+    mp.start_processes(_ddp_worker, args=(_free_port(), str(tmp_path)), nprocs=2, join=True, start_method="fork")
+    r0, r1 = torch.load(tmp_path / "rank0.pt"), torch.load(tmp_path / "rank1.pt")
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        model, hand, pts, gts = _ddp_problem()
+        grads, bufs, logs = _ddp_step(model, hand, pts, gts, distributed=False)
+    finally:
+        torch.set_default_dtype(default)
+    assert logs["matched"] == 21 and (r0[True][2]["matched"], r1[True][2]["matched"]) == (5, 16)
+
+    g0, b0, l0 = r0[True]
+    assert g0.keys() == grads.keys() and b0.keys() == bufs.keys() and len(bufs) >= 12  # 6 BatchNorm layers
+    for k in grads:
+        torch.testing.assert_close(g0[k], grads[k], rtol=1e-9, atol=1e-12, msg=k)
+        assert torch.equal(g0[k], r1[True][0][k]), k  # DDP's all-reduce: the same on both ranks
+    for k in bufs:
+        torch.testing.assert_close(b0[k], bufs[k], rtol=1e-9, atol=1e-12, msg=k)
+        assert torch.equal(b0[k], r1[True][1][k]), k  # running statistics agree across ranks
+    for k in ("loss", "trans", "joints", "rot", "chamfer", "spen", "pen", "dist"):
+        assert logs[k] > 0 or k == "spen", k  # (this fake hand's poses happen not to self-penetrate)
+        assert (l0[k] + r1[True][2][k]) / 2 == pytest.approx(logs[k], rel=1e-12), k  # rank mean = global mean
+
+    naive = r0[False][0]
+    assert max(float((naive[k] - grads[k]).abs().max() / grads[k].abs().max()) for k in grads) > 0.05
+    assert any(not torch.allclose(r0[False][1][k], r1[False][1][k]) for k in bufs)  # per-rank statistics drift
+
+
+# ------------------------------------------------------------------------- one line, exit 2, nothing written
+@pytest.fixture(scope="module")
+def finished_run(dataset, tmp_path_factory) -> Path:
+    """A 1-epoch run folder (checkpoint.pt, config.yaml)."""
+    run = tmp_path_factory.mktemp("finished") / "run"
+    train(tiny_config(epochs_dmt=1, epochs_smw=0, epochs_smpt=0, val_every=0), dataset, run)
+    return run
+
+
+def _files(root: Path) -> set:
+    return {(p, p.stat().st_mtime_ns) for p in root.rglob("*")}
+
+
+BAD_CLI = {  # name: (argv with {data} {run} {tmp} {file} {trunc}, what the one line must name)
+    "max_epochs_0": ("train --data {data} --out {tmp}/new --max-epochs 0", "--max-epochs"),
+    "max_epochs_neg": ("train --data {data} --out {tmp}/new --max-epochs -1", "--max-epochs"),
+    "out_is_file": ("train --data {data} --out {file}", "--out"),
+    "out_under_file": ("train --data {data} --out {file}/run", "--out"),
+    "resume_other_config": ("train --data {data} --out {run} --resume train.lr=0.5 model.d_model=32",
+                            "train.lr 0.001 -> 0.5"),
+    "resume_truncated": ("train --data {data} --out {tmp}/trunc_run --resume", "checkpoint.pt"),
+    "export_dest_is_folder": ("export {run}/checkpoint.pt {tmp}", "DEST"),
+    "export_dest_under_file": ("export {run}/checkpoint.pt {file}/model.pt", "DEST"),
+    "export_checkpoint_is_folder": ("export {run} {tmp}/model.pt", "is a folder"),
+    "export_truncated": ("export {trunc} {tmp}/model.pt", "not a readable dgtr checkpoint"),
+    "old_and_new_n_points_differ": ("train --data {data} --out {tmp}/new --config {tmp}/both.yaml", "train.n_points"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_CLI))
+def test_bad_cli_input_is_one_line_exit_2_and_writes_nothing(case, dataset, finished_run, tmp_path, capsys):
+    argv, names = BAD_CLI[case]
+    (tmp_path / "a_file.txt").write_text("not a folder")
+    ck = (finished_run / "checkpoint.pt").read_bytes()
+    (tmp_path / "trunc.pt").write_bytes(ck[: len(ck) // 2])
+    (tmp_path / "trunc_run").mkdir()
+    (tmp_path / "trunc_run" / "checkpoint.pt").write_bytes(ck[: len(ck) // 3])
+    (tmp_path / "both.yaml").write_text("model: {n_points: 256}\ntrain: {n_points: 128}\n")
+    before, run_before = _files(tmp_path), _files(finished_run)
+    argv = argv.format(data=dataset, run=finished_run, tmp=tmp_path, file=tmp_path / "a_file.txt",
+                       trunc=tmp_path / "trunc.pt").split()
+    capsys.readouterr()
+    assert cli_main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and names in err and len(err) < 400, err
+    assert _files(tmp_path) == before and _files(finished_run) == run_before  # nothing written, nothing created
+
+
+def test_resume_says_where_and_accepts_bookkeeping_changes(dataset, tmp_path, capsys):
+    cfg = tiny_config(epochs_dmt=1, epochs_smw=1, epochs_smpt=1, val_every=0)
+    train(cfg, dataset, tmp_path / "run", max_epochs=1)
+    step = read_checkpoint(tmp_path / "run" / "checkpoint.pt")["step"]
+    capsys.readouterr()
+    cfg.train.progress, cfg.train.log_every = True, 3  # RESUME_FREE: cannot change the weights
+    train(cfg, dataset, tmp_path / "run", resume=True, max_epochs=1)
+    err = capsys.readouterr().err
+    assert f"resuming {tmp_path / 'run' / 'checkpoint.pt'} after epoch 1 (optimiser step {step}) at epoch 2 of 3 " \
+           "(smw)" in err, err
+    assert read_checkpoint(tmp_path / "run" / "checkpoint.pt")["epoch"] == 2
+
+
+def test_n_points_is_one_setting(dataset, tmp_path):
+    """model.n_points sizes the training clouds; the old train.n_points (YAML, overrides, checkpoints) maps onto it,
+    and one source giving both with different values is refused."""
+    from dgtr.train import _datasets, config_from_checkpoint
+
+    cfg = tiny_config()
+    cfg.model.n_points = 128
+    assert _datasets(cfg, dataset)[0][0]["points"].shape == (128, 3)
+    assert not hasattr(cfg.train, "n_points")
+
+    old = tmp_path / "old.yaml"
+    old.write_text("train: {n_points: 512, batch_size: 4}\n")  # an old file: train.n_points was the one in effect
+    assert config.load(TrainConfig, old).model.n_points == 512
+    assert config.load(TrainConfig, old, ["model.n_points=300"]).model.n_points == 300  # the override wins
+    assert config.load(TrainConfig, None, ["train.n_points=200"]).model.n_points == 200
+    (tmp_path / "same.yaml").write_text("model: {n_points: 512}\ntrain: {n_points: 512}\n")
+    assert config.load(TrainConfig, tmp_path / "same.yaml").model.n_points == 512
+    (tmp_path / "both.yaml").write_text("model: {n_points: 512}\ntrain: {n_points: 128}\n")
+    with pytest.raises(InputError, match=r"train\.n_points \(128\) and model\.n_points \(512\) differ"):
+        config.load(TrainConfig, tmp_path / "both.yaml")
+
+    # a checkpoint written before the change carries both keys (equal: the old check() copied one into the other)
+    d = config.to_dict(tiny_config())
+    d["train"]["n_points"] = d["model"]["n_points"]
+    assert config_from_checkpoint({"config": d}).model.n_points == 256
+    d["train"]["n_points"] = 1024
+    with pytest.raises(FileFormatError, match=r"its config does not fit.*train\.n_points"):
+        config_from_checkpoint({"config": d}, "old.pt")
+
+
+def test_default_checkpoint_config_still_loads():
+    """The bundled checkpoint (in the repository) was written with train.n_points: it loads, same cloud size."""
+    from dgtr.predict import DEFAULT_CHECKPOINT
+    from dgtr.train import config_from_checkpoint
+
+    ck = read_checkpoint(DEFAULT_CHECKPOINT)
+    assert ck["config"]["train"]["n_points"] == 4096  # the old key (until the checkpoint is re-exported)
+    assert config_from_checkpoint(ck).model.n_points == ck["config"]["model"]["n_points"] == 4096
