@@ -24,6 +24,8 @@ COMMANDS = {
     "export": ("dgtr.train", "a trained run's weights as a small inference checkpoint (what ships as the default)"),
     "eval": ("dgtr.evaluate", "score DexGraspNet-format grasps with the paper's metrics and a MuJoCo test"),
     "synth": ("dgtr.synth", "synthesize a validated DexGraspNet-style grasp dataset for meshes"),
+    "convert": ("dgtr.data", "write a grasp set (DexGraspNet folder, compact dataset, DGTR h5) as a DexGraspNet folder "
+                             "or in the compact layout"),
     "demo": ("dgtr.demo", "the bundled end-to-end demo (what `make demo` runs)"),
 }
 

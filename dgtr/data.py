@@ -8,8 +8,13 @@ Extra per-grasp keys (DexGraspNet stores energies such as ``'E_pen'``) are kept 
 DGTR h5 layout (the authors' preprocessed files): datasets ``obj_<i>`` holding an object's unit-scale point cloud
 (N, 3) with attributes ``hand_pose`` (M, 28) = ``[22 joints | sxyz Euler | t]``, ``obj_code`` and ``scale``.
 
+Compact grasp file ``grasps/<code>.npy`` (dgtr's dataset layout, ``data/dexgraspnet``): a float32 array (M, 29) with
+the columns :data:`COMPACT_COLUMNS` = DexGraspNet's 28 qpos values in ``QPOS_KEYS`` order, then the scale: 116 bytes per
+grasp instead of ~900 for the pickled dicts; no extra keys. ``load_grasps`` reads either kind of file.
+
 Round trips are exact: a ``GraspSet`` keeps the Euler angles it was read with (float64) and writes them back unchanged;
-``rotation`` is derived from them.
+``rotation`` is derived from them. DexGraspNet -> compact is exact for values that float32 holds (dgtr's own data is
+made float32 from the start); compact -> DexGraspNet -> compact is always exact.
 """
 from __future__ import annotations
 
@@ -27,6 +32,8 @@ from .rotations import euler_from_matrix, matrix_from_euler
 ROT_KEYS = ("WRJRx", "WRJRy", "WRJRz")
 TRANS_KEYS = ("WRJTx", "WRJTy", "WRJTz")
 QPOS_KEYS = tuple(JOINT_NAMES) + ROT_KEYS + TRANS_KEYS
+COMPACT_COLUMNS = QPOS_KEYS + ("scale",)
+GRASP_FOLDERS = ("dataset", "grasps")  # DexGraspNet's layout, dgtr's compact layout
 
 
 @dataclass
@@ -131,7 +138,7 @@ def records_from_grasps(grasps: GraspSet) -> list[dict]:
 
 
 def load_grasps(path: str | os.PathLike) -> GraspSet:
-    """Read a DexGraspNet ``<code>.npy`` grasp file; the code is the file stem."""
+    """Read a grasp file, DexGraspNet (object array of dicts) or compact (float32 (M, 29)); the code is the file stem."""
     p = Path(path)
     if not p.is_file():
         raise MissingFileError(f"grasp file not found: {p}")
@@ -139,30 +146,67 @@ def load_grasps(path: str | os.PathLike) -> GraspSet:
         arr = np.load(p, allow_pickle=True)
     except Exception as e:  # numpy raises several types for corrupt files
         raise FileFormatError(f"{p}: not a readable .npy grasp file ({type(e).__name__}: {e})") from None
+    if arr.dtype != object and arr.ndim == 2:
+        return _from_compact(arr, p)
     if arr.ndim == 0:
         arr = arr.reshape(1)
     if arr.dtype != object or arr.ndim != 1:
-        raise FileFormatError(f"{p}: expected an object array of grasp dicts, got dtype {arr.dtype} shape {arr.shape}")
+        raise FileFormatError(f"{p}: expected an object array of grasp dicts (DexGraspNet) or a float32 array "
+                              f"(M, {len(COMPACT_COLUMNS)}) (compact), got dtype {arr.dtype} shape {arr.shape}")
     return grasps_from_records(list(arr), code=p.stem, source=str(p))
 
 
-def save_grasps(path: str | os.PathLike, grasps: GraspSet) -> None:
-    """Write a DexGraspNet ``<code>.npy`` grasp file atomically."""
-    p = Path(path)
+def _from_compact(arr: np.ndarray, p: Path) -> GraspSet:
+    if arr.shape[1] != len(COMPACT_COLUMNS) or arr.dtype != np.float32:
+        raise FileFormatError(f"{p}: a compact grasp file is float32 (M, {len(COMPACT_COLUMNS)}), got dtype "
+                              f"{arr.dtype} shape {arr.shape}")
+    if not np.isfinite(arr).all():
+        raise FileFormatError(f"{p}: contains NaN or inf")
+    if arr.shape[0] and not (arr[:, -1] > 0).all():
+        raise FileFormatError(f"{p}: scale column must be positive")
+    t = torch.from_numpy(arr.astype(np.float64))
+    return GraspSet(t[:, :22].clone(), t[:, 22:25].clone(), t[:, 25:28].clone(), t[:, 28].clone(), p.stem)
+
+
+def _save_npy_atomic(p: Path, arr: np.ndarray) -> None:
     p.parent.mkdir(parents=True, exist_ok=True)
-    arr = np.empty(len(grasps), dtype=object)
-    arr[:] = records_from_grasps(grasps)
-    tmp = p.with_name(p.name + ".tmp.npy")
-    np.save(tmp, arr, allow_pickle=True)
+    tmp = p.with_name(f"{p.name}.{os.getpid()}.tmp.npy")
+    np.save(tmp, arr, allow_pickle=arr.dtype == object)
     os.replace(tmp, p)
 
 
+def save_grasps(path: str | os.PathLike, grasps: GraspSet, compact: bool = False) -> None:
+    """Write a grasp file atomically: DexGraspNet's list of dicts (extra keys kept), or ``compact`` float32 (M, 29)
+    (extra keys dropped)."""
+    if compact:
+        arr = torch.cat([grasps.joints, grasps.euler, grasps.translation, grasps.scale[:, None]], 1)
+        _save_npy_atomic(Path(path), arr.numpy().astype(np.float32))
+        return
+    arr = np.empty(len(grasps), dtype=object)
+    arr[:] = records_from_grasps(grasps)
+    _save_npy_atomic(Path(path), arr)
+
+
 def list_grasp_files(folder: str | os.PathLike) -> dict[str, Path]:
-    """code -> path for every ``<code>.npy`` in a DexGraspNet ``dataset/`` folder (sorted)."""
+    """code -> path for every ``<code>.npy`` in a grasp folder (sorted)."""
     d = Path(folder)
     if not d.is_dir():
         raise MissingFileError(f"grasp folder not found: {d}")
     return {f.stem: f for f in sorted(d.glob("*.npy"))}
+
+
+def grasp_folder(root: str | os.PathLike) -> Path:
+    """The folder holding the grasp files of a grasp set: ``root`` itself when it holds ``*.npy`` files, else its
+    ``dataset/`` (DexGraspNet) or ``grasps/`` (compact) subfolder."""
+    d = Path(root)
+    if not d.is_dir():
+        raise MissingFileError(f"grasp folder not found: {d}")
+    if next(d.glob("*.npy"), None) is not None:
+        return d
+    for sub in GRASP_FOLDERS:
+        if (d / sub).is_dir():
+            return d / sub
+    raise MissingFileError(f"{d}: no grasp files (expected <code>.npy, dataset/<code>.npy or grasps/<code>.npy)")
 
 
 def read_dgtr_h5(path: str | os.PathLike) -> list[tuple[np.ndarray, GraspSet]]:
@@ -206,7 +250,7 @@ def read_splits(root: str | os.PathLike) -> dict[str, list[str]]:
     root = Path(root)
     f = root / "splits.json"
     if not f.is_file():
-        return {"train": sorted(list_grasp_files(root / "dataset")), "val": [], "test": []}
+        return {"train": sorted(list_grasp_files(grasp_folder(root))), "val": [], "test": []}
     try:
         splits = json.loads(f.read_text())
     except json.JSONDecodeError as e:
@@ -229,28 +273,37 @@ def mesh_path(meshdata: str | os.PathLike, code: str) -> Path:
 
 
 class GraspDataset(torch.utils.data.Dataset):
-    """Entries = (object, scale) pairs of one split of a DexGraspNet-layout folder ``root`` (``dataset/``, ``meshdata/``,
-    optional ``splits.json``).
+    """Entries = (object, scale) pairs of one split of a grasp set ``root`` (DexGraspNet layout: ``dataset/``,
+    ``meshdata/``; or dgtr's compact layout: ``grasps/``, meshes elsewhere) with an optional ``splits.json``.
 
+    meshes: the mesh folder (DexGraspNet ``meshdata/`` or ``<code>.<ext>`` files); default ``root/meshdata``.
     Item: ``{'code', 'scale', 'index', 'points' (n_points, 3) float32 = unit cloud × scale,
     'rotation' (M,3,3), 'translation' (M,3), 'joints' (M,22)}`` (float32, metres, object frame).
     Entries with fewer than ``min_grasps`` grasps are skipped.  Unit clouds are sampled once per object (fixed seed).
+    A split may list objects without a grasp file yet (a dataset still being synthesised): they are skipped and
+    counted in ``n_missing``; with ``codes`` given explicitly a missing file is an error.
     """
 
     def __init__(self, root, split: str = "train", n_points: int = 4096, min_grasps: int = 1, seed: int = 0,
-                 codes: list[str] | None = None):
+                 codes: list[str] | None = None, meshes=None):
         from .objects import load_object
 
         self.root = Path(root)
-        splits = read_splits(self.root)
+        meshes = Path(meshes) if meshes is not None else self.root / "meshdata"
+        if not meshes.is_dir():
+            raise MissingFileError(f"mesh folder not found: {meshes} (give the objects' meshdata folder)")
+        files = list_grasp_files(grasp_folder(self.root))
         if codes is None:
+            splits = read_splits(self.root)
             if split not in splits:
                 raise InputError(f"split {split!r} not in {self.root / 'splits.json'} (has {sorted(splits)})")
-            codes = splits[split]
-        files = list_grasp_files(self.root / "dataset")
-        missing = [c for c in codes if c not in files]
-        if missing:
-            raise MissingFileError(f"{self.root / 'dataset'}: no grasp file for {missing[:3]}")
+            codes = [c for c in splits[split] if c in files]
+            self.n_missing = len(splits[split]) - len(codes)
+        else:
+            missing = [c for c in codes if c not in files]
+            if missing:
+                raise MissingFileError(f"{grasp_folder(self.root)}: no grasp file for {missing[:3]}")
+            self.n_missing = 0
         self.entries: list[tuple[str, float, GraspSet]] = []
         self.clouds: dict[str, np.ndarray] = {}
         for code in codes:
@@ -261,7 +314,7 @@ class GraspDataset(torch.utils.data.Dataset):
                 if len(gs) >= min_grasps:
                     self.entries.append((code, s, gs))
             if len(self.entries) > before:
-                obj = load_object(mesh_path(self.root / "meshdata", code), code=code)
+                obj = load_object(mesh_path(meshes, code), code=code)
                 self.clouds[code] = obj.sample_points(n_points, seed=seed).astype(np.float32)
 
     def __len__(self) -> int:
@@ -278,3 +331,75 @@ def collate(batch: list[dict]) -> dict:
     out = {k: [b[k] for b in batch] for k in batch[0]}
     out["points"] = torch.stack(out["points"])
     return out
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# dgtr convert: any grasp set dgtr reads -> a DexGraspNet folder or the compact layout
+# --------------------------------------------------------------------------------------------------------------------
+
+def read_grasp_sets(src: str | os.PathLike) -> dict[str, GraspSet]:
+    """code -> GraspSet of every object of a grasp set: a DexGraspNet folder (``dataset/``), a compact folder
+    (``grasps/``), a folder of grasp files, one grasp file, or the authors' DGTR h5 (clouds dropped; an object's
+    entries at several scales joined)."""
+    p = Path(src)
+    if p.is_file() and p.suffix in (".h5", ".hdf5"):
+        out: dict[str, GraspSet] = {}
+        for _, g in read_dgtr_h5(p):
+            out[g.code] = GraspSet.concat([out[g.code], g]) if g.code in out else g
+        return out
+    if p.is_file():
+        g = load_grasps(p)
+        return {g.code: g}
+    return {code: load_grasps(f) for code, f in list_grasp_files(grasp_folder(p)).items()}
+
+
+def convert(src, dest, to: str = "dexgraspnet") -> dict[str, int]:
+    """Write the grasp set ``src`` (see ``read_grasp_sets``) as ``dest/dataset/<code>.npy`` (DexGraspNet) or
+    ``dest/grasps/<code>.npy`` (compact); ``splits.json`` is copied when ``src`` has one. Files are written one by
+    one, atomically: a file that cannot be read stops the run with its name, the files already written stay.
+    Returns code -> number of grasps."""
+    import shutil
+
+    if to not in ("dexgraspnet", "compact"):
+        raise InputError(f"--to: expected 'dexgraspnet' or 'compact', got {to!r}")
+    src, dest = Path(src), Path(dest)
+    if not src.exists():
+        raise MissingFileError(f"SRC not found: {src}")
+    folder = dest / ("dataset" if to == "dexgraspnet" else "grasps")
+    counts = {}
+    if src.is_dir():  # file by file: a bad file is named and the finished ones are kept
+        files = list_grasp_files(grasp_folder(src))
+        for code, f in files.items():
+            g = load_grasps(f)
+            save_grasps(folder / f"{code}.npy", g, compact=to == "compact")
+            counts[code] = len(g)
+        root = grasp_folder(src).parent if grasp_folder(src) != src else src
+        if (root / "splits.json").is_file() and (root / "splits.json").resolve() != (dest / "splits.json").resolve():
+            shutil.copyfile(root / "splits.json", dest / "splits.json")
+        return counts
+    for code, g in read_grasp_sets(src).items():
+        save_grasps(folder / f"{code}.npy", g, compact=to == "compact")
+        counts[code] = len(g)
+    return counts
+
+
+def add_convert_args(p) -> None:
+    p.add_argument("src", metavar="SRC", help="grasp set: DexGraspNet folder (dataset/), compact folder (grasps/), "
+                                              "a folder of <code>.npy, one grasp file, or a DGTR .h5")
+    p.add_argument("dest", metavar="DEST", help="output folder")
+    p.add_argument("--to", choices=("dexgraspnet", "compact"), default="dexgraspnet",
+                   help="DEST layout: DEST/dataset/<code>.npy (DexGraspNet dicts) or DEST/grasps/<code>.npy "
+                        "(float32 (M, 29))")
+
+
+def run_convert(args) -> int:
+    import sys
+
+    dest = Path(args.dest)
+    try:
+        (dest / ("dataset" if args.to == "dexgraspnet" else "grasps")).mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise InputError(f"DEST {dest}: cannot be written ({e.strerror})") from None
+    counts = convert(args.src, dest, args.to)
+    print(f"dgtr convert: {len(counts)} objects, {sum(counts.values())} grasps -> {dest} ({args.to})", file=sys.stderr)
+    return 0

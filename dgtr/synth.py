@@ -37,7 +37,8 @@ from .errors import DgtrError, InputError
 from .rotations import matrix_from_6d, sixd_from_matrix
 
 __all__ = ["InitConfig", "EnergyConfig", "AnnealConfig", "ValidateConfig", "SynthConfig", "PieceSDF", "Energy",
-           "initial_poses", "anneal", "validate", "synth_object", "select_objects", "split_of", "write_manifest",
+           "initial_poses", "anneal", "validate", "synth_object", "select_objects", "split_of", "category_of",
+           "stratified_split", "write_manifest",
            "add_synth_args", "run_synth"]
 
 ENERGY_NAMES = ("E_fc", "E_dis", "E_pen", "E_spen", "E_joints")
@@ -82,6 +83,7 @@ class AnnealConfig:
     temp_decay_every: float = 30.0   # in DexGraspNet steps
     switch_prob: float = 0.1         # each contact index is resampled with this probability per proposal (DGN 0.5)
     rmsprop_mu: float = 0.98
+    clamp_joints: bool = False       # keep proposals within the joint limits (DexGraspNet: soft limits only)
 
 
 @dataclass
@@ -103,6 +105,10 @@ class SynthConfig:
     max_rounds: int = 3
     seed: int = 0
     normalize: bool = True
+    # 'dexgraspnet': dataset/<code>.npy (dicts with energies and simulation outcome) + the normalised meshes copied to
+    # meshdata/; 'compact': grasps/<code>.npy float32 (M, 29), the source meshes used in place (not copied, so they
+    # must already be normalised: normalize false), a fixed category-stratified split (``stratified_split``)
+    layout: str = "dexgraspnet"
     val_every: int = 10              # pb_random_NNN with NNN % val_every == val_every - 1 go to 'val'
     init: InitConfig = field(default_factory=InitConfig)
     energy: EnergyConfig = field(default_factory=EnergyConfig)
@@ -398,6 +404,7 @@ def anneal(energy: Energy, pose: torch.Tensor, n_candidates: int, cfg: AnnealCon
         (g,) = torch.autograd.grad(total.sum(), p)
         return total.detach(), {k: v.detach() for k, v in parts.items()}, g
 
+    lim_lo, lim_hi = energy.hand.joint_lower.to(pose), energy.hand.joint_upper.to(pose)
     E, parts, grad = evaluate(pose, idx)
     sq = torch.zeros_like(pose)
     ratio = cfg.steps / cfg.schedule_steps
@@ -409,7 +416,10 @@ def anneal(energy: Energy, pose: torch.Tensor, n_candidates: int, cfg: AnnealCon
         sq = cfg.rmsprop_mu * sq + (1 - cfg.rmsprop_mu) * grad**2
         sq_hat = sq / (1 - cfg.rmsprop_mu ** (k + 1))   # bias-corrected: the first steps are not 7x too long
         new = pose - lr * grad / (sq_hat.sqrt() + 1e-6)
-        new = torch.cat([new[:, :3], sixd_from_matrix(matrix_from_6d(new[:, 3:9])), new[:, 9:]], 1)
+        q_new = new[:, 9:]
+        if cfg.clamp_joints:  # validation clips to the limits anyway: optimise the grasp that will be stored
+            q_new = torch.maximum(torch.minimum(q_new, lim_hi), lim_lo)
+        new = torch.cat([new[:, :3], sixd_from_matrix(matrix_from_6d(new[:, 3:9])), q_new], 1)
         switch = rand(B, n_contacts) < cfg.switch_prob
         new_idx = torch.where(switch, torch.randint(n_candidates, (B, n_contacts), generator=gen).to(dev), idx)
         E_new, parts_new, grad_new = evaluate(new, new_idx)
@@ -495,13 +505,15 @@ def write_pieces_obj(path: Path, pieces) -> None:
     _write_text_atomic(path, "\n".join(lines) + "\n")
 
 
-def prepare_mesh(code: str, path: Path, out: Path, normalize: bool):
+def prepare_mesh(code: str, path: Path, out: Path, normalize: bool, copy: bool = True):
     """Load a source mesh as convex pieces, normalise it (DexGraspNet), write ``meshdata/<code>/coacd/decomposed.obj``
     and load that file back, so synthesis, simulation and ``dgtr eval`` all use the same geometry.
     Returns (unit ObjectModel, {'center', 'factor'} or None)."""
     from .objects import load_object, normalize_mesh
 
     src = load_object(path, code=code)
+    if not copy:  # the source mesh is the dataset's mesh: grasps refer to it exactly as loaded here (and by dgtr)
+        return src, None
     norm = None
     pieces = src.pieces
     if normalize:
@@ -544,7 +556,8 @@ def synth_object(code: str, path: str, out: str, cfg: SynthConfig, device: str =
     t0, c0 = time.time(), time.process_time()
     out = Path(out)
     hand = get_hand(device)
-    obj, norm = prepare_mesh(code, Path(path), out, cfg.normalize)
+    compact = cfg.layout == "compact"
+    obj, norm = prepare_mesh(code, Path(path), out, cfg.normalize, copy=not compact)
     hull = trimesh.Trimesh(np.concatenate([p.vertices for p in obj.pieces])).convex_hull
     sdf = PieceSDF(obj.face_planes(), device=hand.device, dtype=hand.dtype)
     seed = _object_seed(cfg.seed, code)
@@ -584,7 +597,10 @@ def synth_object(code: str, path: str, out: str, cfg: SynthConfig, device: str =
             kept.append(GraspSet.from_pose(res["R"][k], res["t"][k], res["q"][k], s_np[k], code, extra))
     grasps = GraspSet.concat(kept) if kept else GraspSet.from_pose(np.zeros((0, 3, 3)), np.zeros((0, 3)),
                                                                    np.zeros((0, 22)), np.zeros(0), code)
-    save_grasps(out / "dataset" / f"{code}.npy", grasps)
+    if compact:
+        save_grasps(out / "grasps" / f"{code}.npy", grasps, compact=True)
+    else:
+        save_grasps(out / "dataset" / f"{code}.npy", grasps)
     n_opt = sum(v["optimised"] for v in stats.values())
     record = dict(code=code, source_path=str(path), n_pieces=len(obj.pieces), normalization=norm, seed=seed,
                   device=str(device), per_scale=stats, optimised=n_opt, kept=len(grasps),
@@ -638,6 +654,27 @@ def split_of(code: str, val_every: int) -> str:
     return "val" if zlib.crc32(code.encode()) % val_every == val_every - 1 else "train"
 
 
+def category_of(code: str) -> str:
+    """DexGraspNet object category: ``core-<category>-<id>`` / ``sem-<Category>-<id>`` -> the lower-cased
+    category; other codes (``mujoco-<name>``, ``ddg-<name>``, user meshes) -> their source prefix."""
+    parts = code.split("-")
+    if parts[0] in ("core", "sem") and len(parts) >= 3:
+        return parts[1].lower()
+    return parts[0]
+
+
+def stratified_split(codes, every: int = 20) -> dict[str, list[str]]:
+    """A fixed split by object, stratified by category: objects ordered by (category, crc32 of the code); the k-th
+    object goes to 'test' when k % every == 0, to 'val' when k % every == every // 2, else to 'train'. Each
+    category's objects are consecutive in that order, so every category is spread over the splits in proportion
+    (5 / 5 / 90 % with every = 20). Depends only on the list of codes."""
+    order = sorted(codes, key=lambda c: (category_of(c), zlib.crc32(c.encode()), c))
+    splits = {"train": [], "val": [], "test": []}
+    for k, c in enumerate(order):
+        splits["test" if k % every == 0 else "val" if k % every == every // 2 else "train"].append(c)
+    return {k: sorted(v) for k, v in splits.items()}
+
+
 def write_manifest(out: Path, cfg: SynthConfig, sources: list[str]) -> dict:
     """Rebuild ``manifest.json`` and ``splits.json`` from the per-object done markers (any shard, any run)."""
     records = {}
@@ -662,6 +699,8 @@ def write_manifest(out: Path, cfg: SynthConfig, sources: list[str]) -> dict:
                     seconds=round(sum(r["seconds"] for r in records.values()), 1), per_scale=per_scale),
         objects=records)
     _write_text_atomic(out / "manifest.json", json.dumps(manifest, indent=1))
+    if cfg.layout == "compact":
+        return manifest  # its split is fixed when the folder is made (run_synth), never rewritten
     splits = {"train": [], "val": [], "test": []}
     for code, r in records.items():
         if r["kept"] > 0:
@@ -700,6 +739,11 @@ def _build_config(args) -> SynthConfig:
     cfg = config_mod.load(SynthConfig, args.config, ov)
     if not cfg.scales or any(not s > 0 for s in cfg.scales):
         raise InputError(f"scales: need positive values, got {cfg.scales}")
+    if cfg.layout not in ("dexgraspnet", "compact"):
+        raise InputError(f"layout: expected 'dexgraspnet' or 'compact', got {cfg.layout!r}")
+    if cfg.layout == "compact" and cfg.normalize:
+        raise InputError("layout=compact uses the source meshes in place, so they must be normalised already: "
+                         "add normalize=false (DexGraspNet meshdata is normalised)")
     for name in ("grasps_per_scale", "hands_per_scale", "max_rounds"):
         if getattr(cfg, name) < 1:
             raise InputError(f"{name} must be >= 1, got {getattr(cfg, name)}")
@@ -730,6 +774,20 @@ def _check_resume(out: Path, cfg: SynthConfig) -> None:
                          f"settings (see {f})")
 
 
+def _fix_split(out: Path, objects: dict[str, str]) -> None:
+    """The split of a compact dataset is made once, over the objects of its first run (all of them, before any is
+    synthesised), and never changes; a later run may only use objects it already lists."""
+    f = out / "splits.json"
+    if not f.is_file():
+        _write_text_atomic(f, json.dumps(stratified_split(objects), indent=1))
+        return
+    known = {c for v in json.loads(f.read_text()).values() for c in v}
+    new = [c for c in objects if c not in known]
+    if new:
+        raise InputError(f"{f} is fixed and does not list {len(new)} of these objects (e.g. {new[0]}); synthesise "
+                         "them into another --out")
+
+
 def _worker_init() -> None:
     torch.set_num_threads(1)
 
@@ -755,8 +813,12 @@ def run_synth(args) -> int:
     out = Path(args.out)
     _check_resume(out, cfg)
     out.mkdir(parents=True, exist_ok=True)
+    if cfg.layout == "compact":
+        _fix_split(out, objects)
     write_manifest(out, cfg, args.source)  # records the config before any work: a resumed run is checked against it
     todo = {c: p for c, p in objects.items() if not (out / "done" / f"{c}.json").is_file()}
+    if cfg.layout == "compact":  # a dataset cut short at any point holds a random, category-mixed share
+        todo = dict(sorted(todo.items(), key=lambda kv: zlib.crc32(kv[0].encode())))
     print(f"dgtr synth: {len(objects)} objects, {len(objects) - len(todo)} already done, {len(todo)} to do -> {out}",
           file=sys.stderr)
     failed = []

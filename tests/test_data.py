@@ -111,3 +111,87 @@ def test_grasp_dataset_on_real_layout(dexgraspnet_dir):
     assert batch["points"].shape == (2, 512, 3) and len(batch["rotation"]) == 2
     with pytest.raises(InputError, match="split 'nope'"):
         GraspDataset(dexgraspnet_dir, split="nope")
+
+
+# ---------------------------------------------------------------------------------------------- compact + convert
+def _f32_set(m=9, code="obj", seed=1):
+    """A set whose values float32 holds exactly (as dgtr's own data), at two scales."""
+    g = _random_set(m, seed)
+    f = lambda x: x.float().double()  # noqa: E731
+    return GraspSet(f(g.joints), f(g.euler), f(g.translation),
+                    torch.tensor([0.06] * (m // 2) + [0.12] * (m - m // 2)).float().double(), code)
+
+
+def test_compact_file_is_small_and_exact(tmp_path):
+    from dgtr.data import COMPACT_COLUMNS
+
+    g = _f32_set(50)
+    save_grasps(tmp_path / "obj.npy", g, compact=True)
+    arr = np.load(tmp_path / "obj.npy")
+    assert arr.dtype == np.float32 and arr.shape == (50, len(COMPACT_COLUMNS)) == (50, 29)
+    assert (tmp_path / "obj.npy").stat().st_size <= 150 * 50 + 128  # 116 bytes per grasp + the .npy header
+    back = load_grasps(tmp_path / "obj.npy")
+    for a in ("joints", "euler", "translation", "scale"):
+        assert torch.equal(getattr(back, a), getattr(g, a)), a
+
+
+def test_convert_round_trips_exact(tmp_path):
+    from dgtr import cli
+
+    src = tmp_path / "src"
+    sets = {c: _f32_set(5 + i, c, seed=i) for i, c in enumerate(["a", "b", "c"])}
+    for c, g in sets.items():
+        save_grasps(src / "grasps" / f"{c}.npy", g, compact=True)
+    (src / "splits.json").write_text('{"train": ["a", "b"], "val": [], "test": ["c"]}')
+    assert cli.main(["convert", str(src), str(tmp_path / "dgn")]) == 0
+    assert sorted(p.name for p in (tmp_path / "dgn" / "dataset").iterdir()) == ["a.npy", "b.npy", "c.npy"]
+    assert (tmp_path / "dgn" / "splits.json").read_text() == (src / "splits.json").read_text()
+    rec = list(np.load(tmp_path / "dgn" / "dataset" / "a.npy", allow_pickle=True))
+    assert set(rec[0]) == {"qpos", "scale"} and set(rec[0]["qpos"]) == set(QPOS_KEYS)
+    assert cli.main(["convert", str(tmp_path / "dgn"), str(tmp_path / "back"), "--to", "compact"]) == 0
+    for c in sets:  # compact -> DexGraspNet -> compact: the same bytes
+        assert np.load(src / "grasps" / f"{c}.npy").tobytes() == np.load(tmp_path / "back" / "grasps" / f"{c}.npy").tobytes()
+    # and DexGraspNet -> compact -> DexGraspNet gives the same records
+    assert cli.main(["convert", str(tmp_path / "back"), str(tmp_path / "dgn2")]) == 0
+    assert list(np.load(tmp_path / "dgn2" / "dataset" / "b.npy", allow_pickle=True)) == \
+        list(np.load(tmp_path / "dgn" / "dataset" / "b.npy", allow_pickle=True))
+
+
+def test_convert_h5_and_bad_inputs(tmp_path, capsys):
+    import h5py
+
+    from dgtr import cli
+
+    g = _f32_set(4)
+    pose = torch.cat([g.joints, g.euler, g.translation], 1).numpy()
+    with h5py.File(tmp_path / "x.h5", "w") as f:
+        for i, s in enumerate([0.06, 0.12]):
+            ds = f.create_dataset(f"obj_{i}", data=np.zeros((8, 3), np.float32))
+            ds.attrs["hand_pose"], ds.attrs["obj_code"], ds.attrs["scale"] = pose[2 * i:2 * i + 2], "mug", s
+    assert cli.main(["convert", str(tmp_path / "x.h5"), str(tmp_path / "h"), "--to", "compact"]) == 0
+    back = load_grasps(tmp_path / "h" / "grasps" / "mug.npy")
+    assert len(back) == 4 and back.scales() == pytest.approx([0.06, 0.12])
+    torch.testing.assert_close(back.joints, g.joints, rtol=0, atol=0)
+    # an h5 without the expected attributes: one line naming the file
+    with h5py.File(tmp_path / "bad.h5", "w") as f:
+        f.create_dataset("obj_0", data=np.zeros((8, 3), np.float32))
+    capsys.readouterr()
+    assert cli.main(["convert", str(tmp_path / "bad.h5"), str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "bad.h5" in err[0] and "hand_pose" in err[0]
+    # a DexGraspNet file with missing keys, after a good one: named, and the good one already written stays
+    src = tmp_path / "dgn" / "dataset"
+    save_grasps(src / "a.npy", g)
+    rec = records_from_grasps(g)
+    del rec[1]["qpos"]["WRJTx"]
+    arr = np.empty(len(rec), dtype=object)
+    arr[:] = rec
+    np.save(src / "b.npy", arr, allow_pickle=True)
+    assert cli.main(["convert", str(tmp_path / "dgn"), str(tmp_path / "c"), "--to", "compact"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "b.npy" in err[0] and "WRJTx" in err[0]
+    assert (tmp_path / "c" / "grasps" / "a.npy").is_file() and not (tmp_path / "c" / "grasps" / "b.npy").exists()
+    # a bad compact file
+    np.save(tmp_path / "c" / "grasps" / "z.npy", np.zeros((3, 28), np.float32))
+    with pytest.raises(FileFormatError, match="z.npy"):
+        load_grasps(tmp_path / "c" / "grasps" / "z.npy")

@@ -190,3 +190,53 @@ def test_penetration_cache_is_exact(cube):
         torch.testing.assert_close(cached(frames, groups), fresh)
         if step == 3:
             assert cached.n_scanned == 4 + 2  # the first call scanned all four; the 3 cm move re-scanned two
+
+
+def test_stratified_split_fixed_and_proportional():
+    cats = {"mug": 40, "bottle": 21, "bowl": 3}
+    codes = [f"core-{c}-{i:04x}" for c, n in cats.items() for i in range(n)] + [f"mujoco-obj{i}" for i in range(36)]
+    sp = synth.stratified_split(codes)
+    assert sorted(sum(sp.values(), [])) == sorted(codes)
+    assert (len(sp["train"]), len(sp["val"]), len(sp["test"])) == (90, 5, 5)
+    assert synth.stratified_split(list(reversed(codes))) == sp  # depends on the set of codes, not their order
+    for c, n in [("mug", 40), ("mujoco", 36)]:  # large categories are spread over the splits in proportion
+        k = sum(synth.category_of(x) == c for x in sp["test"])
+        assert n // 20 <= k <= n // 20 + 1, (c, k)
+    assert synth.category_of("sem-Bottle-437678d4") == "bottle" and synth.category_of("ddg-gd_box") == "ddg"
+
+
+def test_compact_layout(tmp_path, capsys):
+    """layout=compact: float32 grasp files in grasps/, the source mesh used in place (no meshdata/ copy), a split
+    fixed over all objects of the first run, normalize=true refused."""
+    import trimesh
+
+    meshes = tmp_path / "meshes"
+    meshes.mkdir()
+    trimesh.creation.box(extents=[1.2, 0.8, 1.6]).export(meshes / "box.obj")
+    trimesh.creation.cylinder(radius=0.6, height=1.6).export(meshes / "can.obj")
+    trimesh.creation.icosphere(radius=0.8).export(meshes / "ball.obj")
+
+    def run(objects, *extra):
+        return cli.main(["synth", "--source", str(meshes), "--objects", objects, "--out", str(out), "--scales",
+                         "0.08,0.12", "--quiet", "layout=compact", *TINY, *extra])
+
+    out = tmp_path / "c"
+    assert run("box", "normalize=true") == 2
+    assert "normalize=false" in capsys.readouterr().err
+    assert run("box,can", "normalize=false") == 0
+    assert not (out / "meshdata").exists() and not (out / "dataset").exists()
+    arr = np.load(out / "grasps" / "box.npy")
+    assert arr.dtype == np.float32 and arr.shape == (4, 29)
+    split = json.loads((out / "splits.json").read_text())
+    assert sorted(sum(split.values(), [])) == ["box", "can"]
+    before = (out / "splits.json").read_text()
+    assert run("can", "normalize=false") == 0  # resume: split unchanged
+    assert (out / "splits.json").read_text() == before
+    assert run("ball", "normalize=false") == 2  # not in the fixed split
+    assert "ball" in capsys.readouterr().err
+    # the grasps refer to the source mesh as loaded by dgtr (the frame train and eval use)
+    from dgtr.data import GraspDataset
+
+    ds = GraspDataset(out, n_points=256, codes=["box"], meshes=meshes)
+    assert len(ds) == 2 and ds[0]["points"].shape == (256, 3)
+    assert float(ds[0]["points"].abs().max()) == pytest.approx(0.8 * 0.08, rel=1e-3)
