@@ -22,6 +22,7 @@ import argparse
 import json
 import math
 import os
+import re
 import sys
 import time
 import zlib
@@ -385,10 +386,10 @@ def object_points(obj, scales: np.ndarray, cfg: EnergyConfig, seed: int, device,
 
 
 def anneal(energy: Energy, pose: torch.Tensor, n_candidates: int, cfg: AnnealConfig, n_contacts: int, seed: int,
-           record_every: int = 0):
+           record_every: int = 0, on_step=None):
     """Metropolis-annealed RMSProp proposals (DexGraspNet). pose (B, 31) -> (pose (B, 31), idx (B, n) long,
     parts {name: (B,)} of the final state, history [(step, mean total energy, acceptance rate since the previous entry,
-    {name: mean}) ] every ``record_every`` steps)."""
+    {name: mean}) ] every ``record_every`` steps). ``on_step(k)`` is called after step k (progress reports)."""
     dev = pose.device
     gen = _rng(seed, "cpu")  # CPU generator: the same random stream on every device
     B = pose.shape[0]
@@ -428,6 +429,8 @@ def anneal(energy: Energy, pose: torch.Tensor, n_candidates: int, cfg: AnnealCon
         pose, idx, grad = torch.where(a, new, pose), torch.where(a, new_idx, idx), torch.where(a, grad_new, grad)
         E = torch.where(accept, E_new, E)
         parts = {n: torch.where(accept, parts_new[n], parts[n]) for n in parts}
+        if on_step is not None:
+            on_step(k + 1)
         if record_every:
             n_acc += accept.float().mean()
             if (k + 1) % record_every == 0:
@@ -438,7 +441,8 @@ def anneal(energy: Energy, pose: torch.Tensor, n_candidates: int, cfg: AnnealCon
 
 
 # -------------------------------------------------------------------------------------------------------- validation
-def validate(hand, obj, pose: torch.Tensor, scales: np.ndarray, parts: dict, cfg: ValidateConfig, seed: int) -> dict:
+def validate(hand, obj, pose: torch.Tensor, scales: np.ndarray, parts: dict, cfg: ValidateConfig, seed: int,
+             on_grasp=None) -> dict:
     """Gate optimised grasps: joints clipped to their limits, then penetration depth, self-penetration, contact
     distance and (optionally) the MuJoCo test, all on the clipped grasp that is stored.
 
@@ -446,7 +450,7 @@ def validate(hand, obj, pose: torch.Tensor, scales: np.ndarray, parts: dict, cfg
     Returns numpy arrays: R (B,3,3), t, q, pen_depth (B,), E_spen_clipped, passed_gates (B,), sim_displacement (B,6)
     (nan where not simulated; inf for the directions skipped after a grasp's first failed one: the all-six verdict
     is all a filter needs, so ``success_any`` is a lower bound for rejected grasps), success_all6, success_any,
-    keep (B,).
+    keep (B,). ``on_grasp()`` is called after each simulated grasp (progress reports).
     """
     from .simulate import GraspSimulator, SimConfig
 
@@ -474,6 +478,8 @@ def validate(hand, obj, pose: torch.Tensor, scales: np.ndarray, parts: dict, cfg
             sim = GraspSimulator(sim_hand, obj.with_scale(float(s)), sim_cfg)
             for i in np.flatnonzero(gates & (s_np == s)):
                 disp[i] = sim.run(R[i], t[i], q[i], stop_on_failure=True).displacement
+                if on_grasp is not None:
+                    on_grasp()
     ok = disp < SimConfig().threshold  # nan (not simulated) and inf (unstable) compare False
     all6, any6 = ok.all(1), ok.any(1)
     keep = gates & all6 if cfg.simulate else gates
@@ -544,10 +550,12 @@ def _round_sizes(stats: dict, cfg: SynthConfig) -> dict[float, int]:
 
 
 def synth_object(code: str, path: str, out: str, cfg: SynthConfig, device: str = "cpu",
-                 record_every: int = 0) -> dict:
+                 record_every: int = 0, progress=None) -> dict:
     """Synthesise and validate grasps of one object; write its grasp file, mesh and done marker.
 
-    Returns the per-object record (also written to ``<out>/done/<code>.json``)."""
+    ``progress(fraction)``: called as the object's work advances (fraction of the work planned so far, in [0, 1);
+    a later round adds work, so the fraction can step back). Returns the per-object record (also written to
+    ``<out>/done/<code>.json``)."""
     import trimesh
 
     from .data import GraspSet, save_grasps
@@ -565,6 +573,12 @@ def synth_object(code: str, path: str, out: str, cfg: SynthConfig, device: str =
     stats = {f"{s:g}": dict(optimised=0, gates=0, kept=0) for s in cfg.scales}
     kept, history = [], []
     timing = {"optimise": 0.0, "validate": 0.0}
+    work = {"planned": 0.0, "done": 0.0}  # in hands: annealing a hand counts 1, simulating it 1
+
+    def advance(amount: float) -> None:
+        work["done"] += amount
+        if progress is not None:
+            progress(min(work["done"] / max(work["planned"], 1e-9), 0.999))
     for rnd in range(cfg.max_rounds):
         sizes = _round_sizes(stats, cfg)
         todo = list(sizes)
@@ -577,10 +591,17 @@ def synth_object(code: str, path: str, out: str, cfg: SynthConfig, device: str =
         pose = initial_poses(hand, hull, scales, cfg.init, rseed)
         points = object_points(obj, s_np, cfg.energy, seed, hand.device, hand.dtype)
         energy = Energy(hand, sdf, points, scales, cfg.energy)
-        pose, idx, parts, hist = anneal(energy, pose, n_cand, cfg.anneal, cfg.energy.n_contacts, rseed, record_every)
+        n = len(s_np)
+        work["planned"] += 2 * n
+        every = max(1, cfg.anneal.steps // 20)
+        pose, idx, parts, hist = anneal(energy, pose, n_cand, cfg.anneal, cfg.energy.n_contacts, rseed, record_every,
+                                        on_step=lambda k: advance(n * every / cfg.anneal.steps) if k % every == 0
+                                        else None)
         history.append(hist)
         t2 = time.time()
-        res = validate(hand, obj, pose, s_np, parts, cfg.validate, rseed)
+        before = work["done"]
+        res = validate(hand, obj, pose, s_np, parts, cfg.validate, rseed, on_grasp=lambda: advance(1))
+        work["done"] = before + n  # grasps not simulated (gated out) count as done
         timing["optimise"] += t2 - t1
         timing["validate"] += time.time() - t2
         for s in todo:
@@ -660,7 +681,7 @@ def category_of(code: str) -> str:
     parts = code.split("-")
     if parts[0] in ("core", "sem") and len(parts) >= 3:
         return parts[1].lower()
-    return parts[0]
+    return re.split(r"[-_]", code)[0]
 
 
 def stratified_split(codes, every: int = 20) -> dict[str, list[str]]:
@@ -788,6 +809,18 @@ def _fix_split(out: Path, objects: dict[str, str]) -> None:
                          "them into another --out")
 
 
+class _QueueProgress:
+    """Picklable progress callback of a worker: puts (code, fraction) on a manager queue, at most every 2 s."""
+
+    def __init__(self, queue, code: str):
+        self.queue, self.code, self.last = queue, code, 0.0
+
+    def __call__(self, fraction: float) -> None:
+        if time.time() - self.last >= 2.0:
+            self.last = time.time()
+            self.queue.put((self.code, fraction))
+
+
 def _worker_init() -> None:
     torch.set_num_threads(1)
 
@@ -798,7 +831,7 @@ def _fmt_record(r: dict) -> str:
 
 
 def run_synth(args) -> int:
-    from concurrent.futures import ProcessPoolExecutor, as_completed
+    from concurrent.futures import ProcessPoolExecutor
 
     from tqdm import tqdm
 
@@ -822,7 +855,15 @@ def run_synth(args) -> int:
     print(f"dgtr synth: {len(objects)} objects, {len(objects) - len(todo)} already done, {len(todo)} to do -> {out}",
           file=sys.stderr)
     failed = []
-    bar = tqdm(total=len(todo), unit="obj", disable=args.quiet or not todo, file=sys.stderr)
+    bar = tqdm(total=len(todo), unit="obj", disable=args.quiet or not todo, file=sys.stderr,
+               bar_format="{l_bar}{bar}| {n:.1f}/{total} obj [{elapsed}<{remaining}]")
+    shown: dict[str, float] = {}  # the fraction of each object in flight that the bar shows
+
+    def move(code: str, fraction: float) -> None:
+        """Advance the bar to ``fraction`` of ``code`` (never backwards: a later round only pauses it)."""
+        if fraction > shown.get(code, 0.0):
+            bar.update(fraction - shown.get(code, 0.0))
+            shown[code] = fraction
 
     def report(code, get):
         """Log one finished object; a failure is logged and retried on the next run, not fatal to a long run."""
@@ -834,20 +875,30 @@ def run_synth(args) -> int:
         except Exception as e:  # a bug, or a mesh no module anticipated: log type and message, go on
             failed.append(code)
             bar.write(f"{code}: FAILED ({type(e).__name__}: {e})", file=sys.stderr)
-        bar.update(1)
+        move(code, 1.0)
 
     try:
         if args.workers == 1:
             for code, path in todo.items():
-                report(code, lambda: synth_object(code, path, str(out), cfg, args.device))
+                report(code, lambda: synth_object(code, path, str(out), cfg, args.device,
+                                                  progress=lambda f, c=code: move(c, f)))
         else:
             import multiprocessing as mp
+            from concurrent.futures import FIRST_COMPLETED, wait
 
-            # spawn: forking a process that already runs torch threads can deadlock in OpenMP
-            with ProcessPoolExecutor(args.workers, mp_context=mp.get_context("spawn"), initializer=_worker_init) as ex:
-                futs = {ex.submit(synth_object, c, p, str(out), cfg, args.device): c for c, p in todo.items()}
-                for f in as_completed(futs):
-                    report(futs[f], f.result)
+            ctx = mp.get_context("spawn")  # forking a process that already runs torch threads can deadlock in OpenMP
+            with ctx.Manager() as manager, ProcessPoolExecutor(args.workers, mp_context=ctx,
+                                                              initializer=_worker_init) as ex:
+                queue = manager.Queue()  # (code, fraction) progress reports from the workers
+                futs = {ex.submit(synth_object, c, p, str(out), cfg, args.device, 0, _QueueProgress(queue, c)): c
+                        for c, p in todo.items()}
+                pending = set(futs)
+                while pending:
+                    done, pending = wait(pending, timeout=1.0, return_when=FIRST_COMPLETED)
+                    while not queue.empty():
+                        move(*queue.get())
+                    for f in done:
+                        report(futs[f], f.result)
     finally:
         bar.close()
         m = write_manifest(out, cfg, args.source)

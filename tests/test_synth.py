@@ -240,3 +240,11 @@ def test_compact_layout(tmp_path, capsys):
     ds = GraspDataset(out, n_points=256, codes=["box"], meshes=meshes)
     assert len(ds) == 2 and ds[0]["points"].shape == (256, 3)
     assert float(ds[0]["points"].abs().max()) == pytest.approx(0.8 * 0.08, rel=1e-3)
+
+
+def test_progress_moves_within_an_object(tmp_path, cube):
+    """synth_object reports its progress as it goes (the bar of `dgtr synth` moves within an object)."""
+    cfg = config.load(synth.SynthConfig, None, [o for o in TINY] + ["scales=[0.08,0.12]"])
+    seen = []
+    synth.synth_object("pb_cube", cube.source, str(tmp_path), cfg, progress=seen.append)
+    assert len(seen) >= 10 and seen == sorted(seen) and 0 < seen[0] < 0.5 < seen[-1] < 1
