@@ -103,7 +103,7 @@ class SynthConfig:
     scales: list[float] = field(default_factory=lambda: [0.06, 0.08, 0.10, 0.12, 0.15])
     grasps_per_scale: int = 16       # wanted validated grasps per (object, scale); more rounds run until reached
     hands_per_scale: int = 48        # hands optimised per scale and round
-    max_rounds: int = 3
+    max_rounds: int = 1              # extra rounds for scales short of grasps_per_scale cost ~10 hands per grasp
     seed: int = 0
     normalize: bool = True
     # 'dexgraspnet': dataset/<code>.npy (dicts with energies and simulation outcome) + the normalised meshes copied to
