@@ -245,6 +245,7 @@ class HandPenetration:
         # capsule: radius, half-length; box: half extents (capsules' third entry unused)
         self.size = as_t([list(p.size[:2]) + [0.0] if p.kind == "capsule" else list(p.size) for p in prims])
         self.radius = as_t([p.size[0] + p.size[1] if p.kind == "capsule" else np.linalg.norm(p.size) for p in prims])
+        self.radius2 = self.radius ** 2
 
     def frames(self, link_frames):
         """``hand.link_frames`` output -> primitive centre frames in the object frame: rotations (B, G, 3, 3),
@@ -272,28 +273,33 @@ class HandPenetration:
         runs for few hands per step. The groups must be the same objects on every call of one instance."""
         Rg, cg = self.frames(link_frames)
         B, G = cg.shape[:2]
+        Rf, cf = Rg.reshape(-1, 3, 3), cg.reshape(-1, 3)  # flat (hand, primitive) rows: index_select, not 2-D indexing
         with torch.no_grad():
-            pts, b, p, g = self._candidates(cg.detach(), groups)
+            c = self._candidates(cg.detach(), groups)
+            n_pts = len(c["pts"])
             # exact bounding-sphere test at the current pose, then the depth test, both without autograd
-            near = ((pts[p] - cg[b, g]) ** 2).sum(-1) < self.radius[g] ** 2
-            b, p, g = b[near], p[near], g[near]
-            depth = self._depth(Rg[b, g], cg[b, g], self.size[g], self.is_cap[g], pts[p])
-            inside = depth > 0
-            b, p, g, depth = b[inside], p[inside], g[inside], depth[inside]
+            near = ((c["x"] - cf.detach().index_select(0, c["bg"])) ** 2).sum(-1) < self.radius2.index_select(0, c["g"])
+            i = near.nonzero().squeeze(1)
+            bg, g, p, x = (c[k].index_select(0, i) for k in ("bg", "g", "p", "x"))
+            depth = self._depth(Rf.detach().index_select(0, bg), cf.detach().index_select(0, bg),
+                                self.size.index_select(0, g), self.is_cap.index_select(0, g), x)
+            i = (depth > 0).nonzero().squeeze(1)
+            bg, g, p, x, depth = (v.index_select(0, i) for v in (bg, g, p, x, depth))
             # keep the deepest primitive of each (hand, point) (the hand sdf is the max over primitives), and one
             # winner per pair even if two primitives tie (a point must not count twice)
-            pair = b * len(pts) + p
-            best = self._buffer("best", B * len(pts), depth.dtype)
+            pair = bg // G * n_pts + p
+            best = self._buffer("best", B * n_pts, depth.dtype)
             best[pair] = -1.0
             best.scatter_reduce_(0, pair, depth, reduce="amax")
             cand = torch.nonzero(depth == best[pair]).squeeze(1)
-            pick = self._buffer("pick", B * len(pts), torch.long)
+            pick = self._buffer("pick", B * n_pts, torch.long)
             pick[pair[cand]] = -1
             pick.scatter_reduce_(0, pair[cand], cand, reduce="amax")
             sel = cand[pick[pair[cand]] == cand]
-            b, p, g = b[sel], p[sel], g[sel]
-        depth = self._depth(Rg[b, g], cg[b, g], self.size[g], self.is_cap[g], pts[p])
-        return (0 * cg.sum((1, 2))).index_add(0, b, depth)  # attached to the graph even without contact
+            bg, g, x = bg.index_select(0, sel), g.index_select(0, sel), x.index_select(0, sel)
+        depth = self._depth(Rf.index_select(0, bg), cf.index_select(0, bg), self.size.index_select(0, g),
+                            self.is_cap.index_select(0, g), x)
+        return (0 * cg.sum((1, 2))).index_add(0, bg // G, depth)  # attached to the graph even without contact
 
     def _buffer(self, name: str, n: int, dtype) -> torch.Tensor:
         """A scratch vector reused across calls (only the entries a call writes are read back)."""
@@ -305,11 +311,12 @@ class HandPenetration:
     def _candidates(self, cg: torch.Tensor, groups):
         """Candidate (hand, point, primitive) triplets: points inside a primitive's bounding sphere grown by
         ``margin``, recomputed only for hands that moved by more than ``margin`` since their last scan.
-        cg (B, G, 3) -> (all points (N, 3), b, p, g (T,) long)."""
+        cg (B, G, 3) -> the cache: {'pts': all points (N, 3), 'bg': hand * G + primitive, 'p': point, 'g': primitive
+        (T,) long, 'x': the candidate points (T, 3)}."""
         c = self._cache
         if c is None or c["groups"] is not groups or c["centres"].shape != cg.shape:
             pts = torch.cat([x for _, x in groups])
-            c = self._cache = dict(groups=groups, pts=pts, centres=cg.clone(), b=None)
+            c = self._cache = dict(groups=groups, pts=pts, centres=cg.clone(), bg=None)
             redo = torch.ones(cg.shape[0], dtype=torch.bool, device=cg.device)
         else:
             redo = ((cg - c["centres"]) ** 2).sum(-1).amax(-1) > self.margin ** 2
@@ -329,13 +336,17 @@ class HandPenetration:
                     found.append((h[hg // G], p + start, hg % G))
                 start += len(x)
             c["centres"][redo] = cg[redo]
-            if c["b"] is not None:
-                keep = ~redo[c["b"]]
-                found.append((c["b"][keep], c["p"][keep], c["g"][keep]))
-            c["b"], c["p"], c["g"] = (torch.cat(v) for v in zip(*found)) if found else (
-                torch.zeros(0, dtype=torch.long, device=cg.device),) * 3
+            new = [(b * G + g, p, g, c["pts"].index_select(0, p)) for b, p, g in found]
+            if c["bg"] is not None:
+                keep = (~redo.index_select(0, c["bg"] // G)).nonzero().squeeze(1)
+                new.append(tuple(c[k].index_select(0, keep) for k in ("bg", "p", "g", "x")))
+            if new:
+                c["bg"], c["p"], c["g"], c["x"] = (torch.cat(v) for v in zip(*new))
+            else:
+                c["bg"] = c["p"] = c["g"] = torch.zeros(0, dtype=torch.long, device=cg.device)
+                c["x"] = cg.new_zeros(0, 3)
             self.n_scanned += int(redo.sum())
-        return c["pts"], c["b"], c["p"], c["g"]
+        return c
 
 
 def pen_counts(scales, cfg: "EnergyConfig") -> dict[float, int]:
