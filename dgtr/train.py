@@ -559,12 +559,9 @@ def train(cfg: TrainConfig, data, out, resume: bool = False, device: str = "cpu"
         raise InputError(f"--max-epochs: need >= 1, got {max_epochs}")
     cfg.check()
     out, data = Path(out), Path(data)
-    if int(os.environ.get("RANK", "0")) == 0:  # rank 0 writes every file
-        check_out_dir(out, "--out")
-    d, dev = _setup(device)
     ckpt_path = out / "checkpoint.pt"
     ck = None
-    if resume:
+    if resume:  # before anything is created: a wrong --out or config leaves no trace
         ck = read_checkpoint(ckpt_path)
         diff = config_diff(config_from_checkpoint(ck, ckpt_path), cfg)
         if diff:
@@ -573,6 +570,9 @@ def train(cfg: TrainConfig, data, out, resume: bool = False, device: str = "cpu"
                              "start a new --out")
     elif ckpt_path.exists():
         raise InputError(f"{out} already holds a run (checkpoint.pt): continue it with --resume or choose another --out")
+    if int(os.environ.get("RANK", "0")) == 0:  # rank 0 writes every file
+        check_out_dir(out, "--out")
+    d, dev = _setup(device)
     s = cfg.train
     if s.deterministic and dev.type == "cuda":
         # CPU kernels are deterministic already (and the call imports torch._inductor: ~5 s)

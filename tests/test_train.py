@@ -365,6 +365,7 @@ BAD_CLI = {  # name: (argv with {data} {run} {tmp} {file} {trunc}, what the one 
     "resume_other_config": ("train --data {data} --out {run} --resume train.lr=0.5 model.d_model=32",
                             "train.lr 0.001 -> 0.5"),
     "resume_truncated": ("train --data {data} --out {tmp}/trunc_run --resume", "checkpoint.pt"),
+    "resume_nothing": ("train --data {data} --out {tmp}/no_run --resume", "checkpoint not found"),
     "export_dest_is_folder": ("export {run}/checkpoint.pt {tmp}", "DEST"),
     "export_dest_under_file": ("export {run}/checkpoint.pt {file}/model.pt", "DEST"),
     "export_checkpoint_is_folder": ("export {run} {tmp}/model.pt", "is a folder"),
