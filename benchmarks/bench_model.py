@@ -2,9 +2,11 @@
 
     python benchmarks/bench_model.py [--runs 50] [--device cpu|cuda] [--train-batch 8] [--train-steps 3]
 
-Rows (median wall times; threads: torch's default, or OMP_NUM_THREADS):
-- forward: one object (4096 points) → 16 grasps, eval mode, median of ``--runs`` runs after 3 warm-ups, for the
-  default ModelConfig (and ``ModelConfig.reference()`` when it differs);
+Rows (median wall times; threads: torch's default, or OMP_NUM_THREADS / --threads; the load average is printed too):
+- forward: one object (4096 points) → 16 grasps, eval mode, median of ``--runs`` runs after 3 warm-ups, with the
+  bundled checkpoint's weights (random ones without it): the plain reference implementation
+  (benchmarks/reference_model.py, the forward before the fast path) and the package's forward, timed alternately in
+  one run; and ``ModelConfig.reference()`` (the plain DESIGN §3 shape) on the fast path;
 - AB-TTA: 16 grasps placed around a 10 cm object, default TTAConfig, with the nearest-point distance (point cloud
   input) and with the mesh SDF (mesh input; its grid is built before timing); and with the setting the bundled
   checkpoint carries (dgtr/checkpoints/default.yaml), point cloud;
@@ -14,6 +16,7 @@ Rows (median wall times; threads: torch's default, or OMP_NUM_THREADS):
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import time
@@ -29,6 +32,9 @@ from dgtr.objects import ObjectModel
 from dgtr.predict import DEFAULT_CHECKPOINT
 from dgtr.train import TrainConfig
 from dgtr.tta import TTAConfig, adapt
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from reference_model import reference_forward  # noqa: E402
 
 
 def sync(device):
@@ -68,13 +74,38 @@ def grasps_around(B: int, radius: float, device, seed: int = 0):
     return R.to(device), t.to(device), q.to(device)
 
 
-def bench_forward(cfg: ModelConfig, pts: torch.Tensor, runs: int, device) -> tuple[float, int]:
+def median_ms_alternating(fns: list, runs: int, device, warmup: int = 3) -> list[float]:
+    """Median ms of each of ``fns``, run in turn (so a change of machine load hits them alike)."""
+    for _ in range(warmup):
+        for fn in fns:
+            fn()
+    times = [[] for _ in fns]
+    for _ in range(runs):
+        for fn, ts in zip(fns, times):
+            sync(device)
+            t0 = time.perf_counter()
+            fn()
+            sync(device)
+            ts.append((time.perf_counter() - t0) * 1e3)
+    return [statistics.median(ts) for ts in times]
+
+
+def forward_model(cfg: ModelConfig, device, bundled: bool):
+    """The bundled checkpoint's network (when asked and present) or a random-init one, eval mode."""
+    if bundled and DEFAULT_CHECKPOINT.exists():
+        return dgtr.load("default").model.to(device).eval(), "bundled checkpoint"
     hand = get_hand()
-    model = build_model(cfg, hand.joint_lower, hand.joint_upper).to(device).eval()
+    return build_model(cfg, hand.joint_lower, hand.joint_upper).to(device).eval(), "random init"
+
+
+def bench_forward(cfg: ModelConfig, pts: torch.Tensor, runs: int, device, with_reference: bool) -> tuple:
+    """(fast ms, reference ms or None, parameters, weights)."""
+    model, weights = forward_model(cfg, device, bundled=with_reference)
     x = pts[None].to(device)
+    fns = [lambda: model(x)] + ([lambda: reference_forward(model, x)] if with_reference else [])
     with torch.no_grad():
-        ms = median_ms(lambda: model(x), runs, device)
-    return ms, sum(p.numel() for p in model.parameters())
+        ms = median_ms_alternating(fns, runs, device)
+    return ms[0], (ms[1] if with_reference else None), sum(p.numel() for p in model.parameters()), weights
 
 
 def bench_tta(obj: ObjectModel, pts: torch.Tensor, runs: int, device, cfg: TTAConfig, mesh: bool = False) -> float:
@@ -120,21 +151,23 @@ def main() -> int:
     ap.add_argument("--train-batch", type=int, default=8)
     ap.add_argument("--train-steps", type=int, default=3)
     ap.add_argument("--skip-train", action="store_true")
+    ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice)")
     args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     torch.manual_seed(0)
     obj = test_object()
     pts = torch.as_tensor(obj.sample_points(4096))
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
     rows = []
-    ms, n = bench_forward(ModelConfig(), pts, args.runs, device)
-    rows.append((f"forward, default config ({n / 1e6:.2f} M params), 4096 pts -> 16 grasps", f"{ms:.1f} ms"))
-    ref = ModelConfig.reference()
-    if ref != ModelConfig():
-        ms, n = bench_forward(ref, pts, args.runs, device)
-        rows.append((f"forward, reference config ({n / 1e6:.2f} M params)", f"{ms:.1f} ms"))
-    else:
-        rows.append(("forward, ModelConfig.reference()", "= default config"))
+    fast, ref, n, weights = bench_forward(ModelConfig(), pts, args.runs, device, with_reference=True)
+    rows.append((f"forward, plain reference implementation ({weights}), 4096 pts -> 16 grasps", f"{ref:.1f} ms"))
+    rows.append((f"forward, dgtr ({n / 1e6:.2f} M params, {weights}), 4096 pts -> 16 grasps", f"{fast:.1f} ms"))
+    ref_cfg = ModelConfig.reference()
+    if ref_cfg != ModelConfig():
+        ms, _, n, _ = bench_forward(ref_cfg, pts, args.runs, device, with_reference=False)
+        rows.append((f"forward, ModelConfig.reference() ({n / 1e6:.2f} M params, random init)", f"{ms:.1f} ms"))
     it = TTAConfig().iterations
     for mesh in (False, True):
         ms = bench_tta(obj, pts, args.tta_runs, device, TTAConfig(), mesh)
@@ -147,7 +180,8 @@ def main() -> int:
         for stage in ("dmt", "smpt"):
             ops = bench_train(args.train_batch, args.train_steps, device, stage)
             rows.append((f"training, default config, batch {args.train_batch}, stage {stage}", f"{ops:.2f} objects/s"))
-    print(f"dgtr model benchmark on {name} (torch {torch.__version__})")
+    load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
+    print(f"dgtr model benchmark on {name} (torch {torch.__version__}); load average at the end: {load}")
     w = max(len(r[0]) for r in rows)
     for a, b in rows:
         print(f"  {a:<{w}}  {b:>16}")
