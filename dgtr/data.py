@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from .errors import FileFormatError, InputError, MissingFileError
+from .files import save_npy
 from .hand import JOINT_NAMES
 from .rotations import euler_from_matrix, matrix_from_euler
 
@@ -168,23 +169,16 @@ def _from_compact(arr: np.ndarray, p: Path) -> GraspSet:
     return GraspSet(t[:, :22].clone(), t[:, 22:25].clone(), t[:, 25:28].clone(), t[:, 28].clone(), p.stem)
 
 
-def _save_npy_atomic(p: Path, arr: np.ndarray) -> None:
-    p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = p.with_name(f"{p.name}.{os.getpid()}.tmp.npy")
-    np.save(tmp, arr, allow_pickle=arr.dtype == object)
-    os.replace(tmp, p)
-
-
 def save_grasps(path: str | os.PathLike, grasps: GraspSet, compact: bool = False) -> None:
     """Write a grasp file atomically: DexGraspNet's list of dicts (extra keys kept), or ``compact`` float32 (M, 29)
     (extra keys dropped)."""
     if compact:
         arr = torch.cat([grasps.joints, grasps.euler, grasps.translation, grasps.scale[:, None]], 1)
-        _save_npy_atomic(Path(path), arr.numpy().astype(np.float32))
+        save_npy(path, arr.numpy().astype(np.float32))
         return
     arr = np.empty(len(grasps), dtype=object)
     arr[:] = records_from_grasps(grasps)
-    _save_npy_atomic(Path(path), arr)
+    save_npy(path, arr)
 
 
 def list_grasp_files(folder: str | os.PathLike) -> dict[str, Path]:

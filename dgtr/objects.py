@@ -70,9 +70,10 @@ from scipy import ndimage, sparse
 from scipy.spatial import cKDTree
 
 from .errors import FileFormatError, InputError, MissingFileError
+from .files import write_text
 
-__all__ = ["ObjectModel", "load_object", "load_from_source", "normalize_mesh", "list_objects",
-           "pybullet_default_scale", "pybullet_data_dir", "MESH_EXTENSIONS"]
+__all__ = ["ObjectModel", "PieceSDF", "load_object", "load_from_source", "normalize_mesh", "list_objects",
+           "pybullet_default_scale", "pybullet_data_dir", "write_pieces_obj", "MESH_EXTENSIONS"]
 
 MESH_EXTENSIONS = (".obj", ".stl", ".ply", ".off")
 GRID_CELLS = 128          # grid cells along the longest side of the padded box
@@ -112,6 +113,29 @@ def closest_point_on_triangles(p: np.ndarray, a: np.ndarray, b: np.ndarray, c: n
     return np.select(conds, choices, default=np.broadcast_to(a + v[..., None] * ab + w[..., None] * ac, shape))
 
 
+class PieceSDF:
+    """The face-plane signed distance of an object's convex pieces (``ObjectModel.plane_distance``: min over pieces
+    of the largest face-plane excess; exact inside a piece and on face regions, slightly low near edges outside) as a
+    differentiable torch function at per-point scales. Its gradient is the deciding face's normal, the natural
+    contact normal for DexGraspNet's E_fc. Values come from the one evaluator, ``_Geometry.max_plane``."""
+
+    def __init__(self, geometry: "_Geometry"):
+        self._geo = geometry
+
+    def __call__(self, x: torch.Tensor, scale: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """x (B, N, 3) metres, scale (B,) unit-object scales -> (distance (B, N) positive outside, differentiable;
+        outward face normals (B, N, 3))."""
+        xu = x / scale[:, None, None]
+        with torch.no_grad():
+            flat = xu.detach().reshape(-1, 3).cpu().double().numpy()
+            best, n, _ = self._geo.max_plane(flat, normals=True, reach=None)
+            best = torch.as_tensor(best, dtype=x.dtype, device=x.device).reshape(xu.shape[:-1])
+            n = torch.as_tensor(n, dtype=x.dtype, device=x.device).reshape(xu.shape)
+        # value = the plane excess, gradient = its normal (the deciding plane is piecewise constant)
+        d = (best + ((xu - xu.detach()) * n).sum(-1)) * scale[:, None]
+        return d, n
+
+
 class _Geometry:
     """Everything about the object at its loaded ("unit") scale; shared by all scaled copies. NumPy float64."""
 
@@ -130,21 +154,26 @@ class _Geometry:
             nd = np.c_[p.face_normals, np.einsum("ij,ij->i", p.face_normals, p.triangles[:, 0])]
             self.planes.append(np.ascontiguousarray(np.unique(np.round(nd, 9), axis=0).T, dtype=np.float32))
         self.all_planes = np.concatenate(self.planes, axis=1)                      # (4, all planes)
-        self.plane_piece = np.repeat(np.arange(len(pieces)), [p.shape[1] for p in self.planes])
         self.plane_start = np.r_[0, np.cumsum([p.shape[1] for p in self.planes])[:-1]]
         self._samples = self._tree = self._grid = self._rings = None
         self._grid_on: dict = {}
 
     # -- containment ------------------------------------------------------------------------------------------------
     def max_plane(self, x: np.ndarray, normals: bool = False, skip: np.ndarray | None = None,
-                  only: np.ndarray | None = None, reach: float = 0.0):
+                  only: np.ndarray | None = None, reach: float | None = 0.0):
         """(M, 3) -> (M,) min over pieces of the largest plane excess ``n.x - o`` (< 0 exactly when inside a piece;
         inside, minus it is the depth in the deepest piece); with ``normals`` also that plane's normal (M, 3) and
         piece (M,). Piece ``skip[i]`` is left out for point i, or every piece but ``only[i]``. Large batches skip
         the pieces whose box grown by ``reach`` does not hold a point (value inf, normal nan, piece -1 when no box
-        does); the values agree in sign. Float32: plenty for a sign, 3x faster than float64."""
+        does); the values agree in sign. ``reach=None``: every point gets its value (the small-batch path, in chunks).
+        Float32: plenty for a sign, 3x faster than float64."""
         x32, m = x.astype(np.float32), len(x)
-        if m * self.all_planes.shape[1] <= 2**20:          # small batch: every plane at once, no loop over pieces
+        chunk = max(1, 2**20 // self.all_planes.shape[1])
+        if reach is None and m > chunk:
+            parts = [self.max_plane(x32[i:i + chunk], normals, None if skip is None else skip[i:i + chunk],
+                                    None if only is None else only[i:i + chunk]) for i in range(0, m, chunk)]
+            return tuple(np.concatenate(v) for v in zip(*parts)) if normals else np.concatenate(parts)
+        if m <= chunk:                                      # small batch: every plane at once, no loop over pieces
             e = x32 @ self.all_planes[:3] - self.all_planes[3]                        # (M, all planes)
             per_piece = np.maximum.reduceat(e, self.plane_start, axis=1) if m else np.zeros((0, len(self.pieces)))
             r = np.arange(m)
@@ -156,8 +185,13 @@ class _Geometry:
             best = per_piece[r, piece]
             if not normals:
                 return best
-            e[self.plane_piece != piece[:, None]] = -np.inf
-            return best, self.all_planes[:3, e.argmax(1)].T, piece
+            nrm = np.empty((m, 3), np.float32)
+            for k in np.unique(piece):  # the deciding plane within each point's piece
+                idx = np.flatnonzero(piece == k)
+                pl = self.planes[k]
+                nrm[idx] = pl[:3, (x32[idx] @ pl[:3] - pl[3]).argmax(1)].T
+            return best, nrm, piece
+        reach = reach or 0.0
         best = np.full(m, np.inf, np.float32)
         if normals:
             nrm, arg = np.full((m, 3), np.nan, np.float32), np.full(m, -1)
@@ -420,6 +454,11 @@ class ObjectModel:
         the current scale): ``n·x <= o`` for every plane exactly when x is inside the piece."""
         return [np.c_[pl[:3].T, pl[3] * self.scale].astype(np.float64) for pl in self._geo.planes]
 
+    def piece_sdf(self) -> PieceSDF:
+        """The face-plane signed distance at UNIT scale as a differentiable torch function of (points (B, N, 3),
+        per-row scales (B,)): what ``dgtr synth`` optimises against."""
+        return PieceSDF(self._geo)
+
     def plane_distance(self, points, reach: float = 0.0) -> np.ndarray:
         """Cheap signed-distance proxy (m, positive outside): min over pieces of the largest face-plane excess.
 
@@ -590,16 +629,20 @@ def _coacd(mesh: trimesh.Trimesh, threshold: float) -> list[trimesh.Trimesh]:
     import coacd
     coacd.set_log_level("error")
     parts = coacd.run_coacd(coacd.Mesh(v, f), threshold=threshold)
-    lines, base = [], 1
-    for i, (pv, pf) in enumerate(parts):
-        lines += [f"o piece_{i}"] + [f"v {a:.9g} {b:.9g} {c:.9g}" for a, b, c in pv]
-        lines += [f"f {a + base} {b + base} {c + base}" for a, b, c in pf]
-        base += len(pv)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".{os.getpid()}.tmp")
-    tmp.write_text("\n".join(lines) + "\n")
-    tmp.replace(path)                                  # atomic: concurrent workers never read half a file
+    write_pieces_obj(path, parts)  # atomic: concurrent workers never read half a file
     return [trimesh.Trimesh(pv, pf).convex_hull for pv, pf in parts]
+
+
+def write_pieces_obj(path, pieces) -> None:
+    """Multi-piece OBJ, one ``o piece_i`` block per convex piece (as DexGraspNet's CoACD ``decomposed.obj``),
+    written atomically. pieces: trimeshes or (vertices (V, 3), faces (F, 3)) pairs."""
+    lines, base = [], 1
+    for i, p in enumerate(pieces):
+        pv, pf = (p.vertices, p.faces) if isinstance(p, trimesh.Trimesh) else p
+        lines += [f"o piece_{i}"] + [f"v {a:.9g} {b:.9g} {c:.9g}" for a, b, c in np.asarray(pv, dtype=np.float64)]
+        lines += [f"f {a + base} {b + base} {c + base}" for a, b, c in np.asarray(pf)]
+        base += len(pv)
+    write_text(path, "\n".join(lines) + "\n")
 
 
 def load_object(path, *, normalize: bool = False, scale: float = 1.0, code: str | None = None,

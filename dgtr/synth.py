@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import re
 import sys
 import time
@@ -35,6 +34,8 @@ import torch
 from . import __version__
 from . import config as config_mod
 from .errors import DgtrError, InputError
+from .files import write_text
+from .objects import PieceSDF
 from .rotations import matrix_from_6d, sixd_from_matrix
 
 __all__ = ["InitConfig", "EnergyConfig", "AnnealConfig", "ValidateConfig", "SynthConfig", "PieceSDF", "Energy",
@@ -118,36 +119,6 @@ class SynthConfig:
 
 
 # ---------------------------------------------------------------------------------------------------------- geometry
-class PieceSDF:
-    """Signed distance to a union of convex pieces (unit scale), evaluated at per-point scales.
-
-    planes (K, F, 4) = [outward normal | offset], padded with planes that never win. For x inside piece k,
-    max_f(n·x − o) is minus the depth; outside, the distance to the nearest face plane (exact on face regions).
-    """
-
-    def __init__(self, face_planes: list[np.ndarray], device="cpu", dtype=torch.float32):
-        """face_planes: ``ObjectModel.face_planes()`` of the object at unit scale."""
-        F = max(len(p) for p in face_planes)
-        planes = np.zeros((len(face_planes), F, 4))
-        planes[:, :, 3] = 1e6  # padding: n = 0, offset 1e6 -> value -1e6, never the max
-        for k, p in enumerate(face_planes):
-            planes[k, :len(p)] = p
-        self.planes = torch.as_tensor(planes, dtype=dtype, device=device)
-
-    def __call__(self, x: torch.Tensor, scale: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """x (B, N, 3) metres, scale (B,) -> (distance (B, N) positive outside, differentiable; normals (B, N, 3))."""
-        xu = x / scale[:, None, None]
-        with torch.no_grad():
-            v = torch.einsum("bnj,kfj->bnkf", xu, self.planes[..., :3]) - self.planes[..., 3]
-            best, f = v.max(-1)                        # (B, N, K): the deciding face of each piece
-            k = best.argmin(-1, keepdim=True)          # the piece whose value is smallest
-            f = f.gather(-1, k).squeeze(-1)
-            plane = self.planes[k.squeeze(-1), f]      # (B, N, 4)
-        n = plane[..., :3]
-        d = ((xu * n).sum(-1) - plane[..., 3]) * scale[:, None]
-        return d, n
-
-
 def _rng(seed: int, device) -> torch.Generator:
     g = torch.Generator(device=device)
     g.manual_seed(seed)
@@ -504,29 +475,11 @@ def _object_seed(seed: int, code: str) -> int:
     return zlib.crc32(f"{seed}:{code}".encode()) & 0x7FFFFFFF
 
 
-def _write_text_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
-def write_pieces_obj(path: Path, pieces) -> None:
-    """Multi-piece OBJ (one ``o piece_i`` per convex piece, as DexGraspNet's CoACD ``decomposed.obj``), atomically."""
-    lines, base = [], 1
-    for i, p in enumerate(pieces):
-        lines.append(f"o piece_{i}")
-        lines += [f"v {a:.9g} {b:.9g} {c:.9g}" for a, b, c in np.asarray(p.vertices, dtype=np.float64)]
-        lines += [f"f {a + base} {b + base} {c + base}" for a, b, c in np.asarray(p.faces)]
-        base += len(p.vertices)
-    _write_text_atomic(path, "\n".join(lines) + "\n")
-
-
 def prepare_mesh(code: str, path: Path, out: Path, normalize: bool, copy: bool = True):
     """Load a source mesh as convex pieces, normalise it (DexGraspNet), write ``meshdata/<code>/coacd/decomposed.obj``
     and load that file back, so synthesis, simulation and ``dgtr eval`` all use the same geometry.
     Returns (unit ObjectModel, {'center', 'factor'} or None)."""
-    from .objects import load_object, normalize_mesh
+    from .objects import load_object, normalize_mesh, write_pieces_obj
 
     src = load_object(path, code=code)
     if not copy:  # the source mesh is the dataset's mesh: grasps refer to it exactly as loaded here (and by dgtr)
@@ -578,7 +531,7 @@ def synth_object(code: str, path: str, out: str, cfg: SynthConfig, device: str =
     compact = cfg.layout == "compact"
     obj, norm = prepare_mesh(code, Path(path), out, cfg.normalize, copy=not compact)
     hull = trimesh.Trimesh(np.concatenate([p.vertices for p in obj.pieces])).convex_hull
-    sdf = PieceSDF(obj.face_planes(), device=hand.device, dtype=hand.dtype)
+    sdf = obj.piece_sdf()
     seed = _object_seed(cfg.seed, code)
     n_cand = int(hand.contact_link_index.shape[0])
     stats = {f"{s:g}": dict(optimised=0, gates=0, kept=0) for s in cfg.scales}
@@ -639,7 +592,7 @@ def synth_object(code: str, path: str, out: str, cfg: SynthConfig, device: str =
                   yield_=len(grasps) / max(n_opt, 1), seconds=round(time.time() - t0, 2),
                   cpu_seconds=round(time.process_time() - c0, 2),
                   seconds_optimise=round(timing["optimise"], 2), seconds_validate=round(timing["validate"], 2))
-    _write_text_atomic(out / "done" / f"{code}.json", json.dumps(record, indent=1))
+    write_text(out / "done" / f"{code}.json", json.dumps(record, indent=1))
     if record_every:
         record["history"] = history
     return record
@@ -730,14 +683,14 @@ def write_manifest(out: Path, cfg: SynthConfig, sources: list[str]) -> dict:
                     optimised=sum(r["optimised"] for r in records.values()),
                     seconds=round(sum(r["seconds"] for r in records.values()), 1), per_scale=per_scale),
         objects=records)
-    _write_text_atomic(out / "manifest.json", json.dumps(manifest, indent=1))
+    write_text(out / "manifest.json", json.dumps(manifest, indent=1))
     if cfg.layout == "compact":
         return manifest  # its split is fixed when the folder is made (run_synth), never rewritten
     splits = {"train": [], "val": [], "test": []}
     for code, r in records.items():
         if r["kept"] > 0:
             splits[split_of(code, cfg.val_every)].append(code)
-    _write_text_atomic(out / "splits.json", json.dumps(splits, indent=1))
+    write_text(out / "splits.json", json.dumps(splits, indent=1))
     return manifest
 
 
@@ -811,7 +764,7 @@ def _fix_split(out: Path, objects: dict[str, str]) -> None:
     synthesised), and never changes; a later run may only use objects it already lists."""
     f = out / "splits.json"
     if not f.is_file():
-        _write_text_atomic(f, json.dumps(stratified_split(objects), indent=1))
+        write_text(f, json.dumps(stratified_split(objects), indent=1))
         return
     known = {c for v in json.loads(f.read_text()).values() for c in v}
     new = [c for c in objects if c not in known]

@@ -39,7 +39,7 @@ def test_config_file_matches_defaults():
 
 
 def test_piece_sdf_signs(cube):
-    sdf = synth.PieceSDF(cube.face_planes())
+    sdf = cube.piece_sdf()
     lo, hi = cube.bounds
     c = torch.tensor((lo + hi) / 2, dtype=torch.float32)
     half = float((hi - lo).min() / 2)
@@ -89,7 +89,7 @@ def test_energy_decreases(cube):
     scales = torch.as_tensor(scales_np, dtype=torch.float32)
     hull = __import__("trimesh").Trimesh(np.concatenate([p.vertices for p in cube.pieces])).convex_hull
     pose = synth.initial_poses(hand, hull, scales, cfg.init, 0)
-    energy = synth.Energy(hand, synth.PieceSDF(cube.face_planes()),
+    energy = synth.Energy(hand, cube.piece_sdf(),
                           synth.object_points(cube, scales_np, cfg.energy, 0, "cpu", torch.float32), scales, cfg.energy)
     acfg = synth.AnnealConfig(steps=60)
     _, idx, parts, hist = synth.anneal(energy, pose, hand.contact_link_index.shape[0], acfg, 4, 0, record_every=20)
