@@ -14,8 +14,9 @@ Works for any DexGraspNet-format grasp file (ours, the dataset's, another method
   once beside it, so the page works offline and each HTML stays small (~1 MB for 16 grasps).
 - ``--mjcf OUT.xml``: a MuJoCo scene of the hand and the object at the first selected grasp (world = object frame; the
   hand mounted at the grasp's wrist pose, its joints starting at the grasp's angles), built from
-  ``dgtr.simulate.build_mjcf``: ``python -m mujoco.viewer --mjcf=OUT.xml``.  Load key "grasp" before pressing play so
-  the joint actuators hold the grasp (the simulation test's physics, gravity along -z of the object frame).
+  ``dgtr.simulate.build_mjcf``: ``python -m mujoco.viewer --mjcf=OUT.xml``.  Pressing play runs the simulation test's
+  physics with gravity along -z of the object frame, the joint servos holding the grasp's angles (their controls are
+  offsets from them), without the test's squeeze.
 """
 from __future__ import annotations
 
@@ -30,7 +31,7 @@ import torch
 
 from .errors import InputError
 
-__all__ = ["grasp_colours", "hand_surface", "hand_skeleton", "grasp_figure", "write_png", "write_html", "write_pictures", "grasp_scene_mjcf",
+__all__ = ["grasp_colours", "hand_surface", "hand_skeleton", "grasp_figure", "png_figure", "write_png", "write_html", "write_pictures", "grasp_scene_mjcf",
            "add_view_args", "run_view"]
 
 PNG_CELL = 0.005    # m: vertex-clustering cell of the hand in the PNG (small views)
@@ -148,14 +149,10 @@ def _side_view(centre: np.ndarray, palm: np.ndarray) -> tuple[float, float]:
 
 
 # -------------------------------------------------------------------------------------------------- pictures
-def write_png(path, grasps, hand, mesh=None, points=None, title: str = "", indices=None, cols: int = 4) -> None:
-    """Every grasp its own small view (hand surface + object), in order, titled with index, penetration, contacts.
-
-    grasps: GraspSet (its ``extra`` gives the titles; computed on ``points`` when missing); mesh: trimesh of the object
-    in the grasps' frame (else ``points`` (P, 3) are drawn); indices: the numbers shown (default 0..n-1)."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+def png_figure(grasps, hand, mesh=None, points=None, title: str = "", indices=None, cols: int = 4):
+    """The matplotlib figure of ``write_png`` (one 3-D axes per grasp, in order)."""
+    from matplotlib.colors import to_rgb
+    from matplotlib.figure import Figure
     from mpl_toolkits.mplot3d.art3d import Poly3DCollection
 
     n = len(grasps)
@@ -165,7 +162,7 @@ def write_png(path, grasps, hand, mesh=None, points=None, title: str = "", indic
     cols = max(1, min(cols, n))
     rows = max(1, math.ceil(n / cols))
     top = 0.45 if title else 0.0  # inches for the figure title
-    fig = plt.figure(figsize=(2.7 * cols, 2.8 * rows + top), dpi=110)
+    fig = Figure(figsize=(2.7 * cols, 2.8 * rows + top), dpi=110)   # no pyplot: no global state, no GUI backend
     if mesh is not None:
         ov, of = _object_geometry(mesh, 4000)
         centre = (ov.min(0) + ov.max(0)) / 2
@@ -182,7 +179,7 @@ def write_png(path, grasps, hand, mesh=None, points=None, title: str = "", indic
         view = np.array([math.cos(math.radians(elev)) * math.cos(math.radians(azim)),
                          math.cos(math.radians(elev)) * math.sin(math.radians(azim)), math.sin(math.radians(elev))])
         tris = [hv[hf]]
-        base = [np.array(matplotlib.colors.to_rgb(colours[i]))[None].repeat(len(hf), 0)]
+        base = [np.array(to_rgb(colours[i]))[None].repeat(len(hf), 0)]
         if mesh is not None:
             tris.append(ov[of])
             base.append(np.full((len(of), 3), 0.72))
@@ -208,8 +205,16 @@ def write_png(path, grasps, hand, mesh=None, points=None, title: str = "", indic
     if title:
         fig.suptitle(title, fontsize=10, y=1 - 0.12 / fig.get_figheight(), va="top")
     fig.subplots_adjust(left=0, right=1, bottom=0, top=1 - top / fig.get_figheight(), wspace=0, hspace=0.08)
+    return fig
+
+
+def write_png(path, grasps, hand, mesh=None, points=None, title: str = "", indices=None, cols: int = 4) -> None:
+    """Every grasp its own small view (hand surface + object), in order, titled with index, penetration, contacts.
+
+    grasps: GraspSet (its ``extra`` gives the titles; computed on ``points`` when missing); mesh: trimesh of the object
+    in the grasps' frame (else ``points`` (P, 3) are drawn); indices: the numbers shown (default 0..n-1)."""
+    fig = png_figure(grasps, hand, mesh=mesh, points=points, title=title, indices=indices, cols=cols)
     _save_atomic(path, lambda tmp: fig.savefig(tmp, format="png"))
-    plt.close(fig)
 
 
 def grasp_figure(grasps, hand, mesh=None, points=None, title: str = "", indices=None):
@@ -314,7 +319,10 @@ def grasp_scene_mjcf(hand, obj, R, t, q) -> str:
 
     ``build_mjcf`` (the simulation test's scene: palm fixed at the world origin) with its hand subtree moved under a
     fixed body at (t, R), each jointed body's rotation by q baked into its quat and the joint's ``ref`` = q, so that
-    qpos0 = q with the same kinematics and limits.  A keyframe "grasp" also sets the actuator targets to q."""
+    qpos0 = q with the same kinematics and limits; the joint actuators (position servos, kp/kv of the simulation
+    test) target q + ctrl, so at rest (ctrl 0) they hold the grasp; keyframe "grasp" restores it.  The hand
+    is drawn with its visual meshes (no collisions, geom group 2); its collision primitives are geom group 3 (hidden
+    by default; the viewer's group toggles show them)."""
     import xml.etree.ElementTree as ET
 
     import mujoco
@@ -346,14 +354,44 @@ def grasp_scene_mjcf(hand, obj, R, t, q) -> str:
         mujoco.mju_mulQuat(new, bq, rot)
         body.set("quat", _fmt(new))
         joint.set("ref", f"{angle:.9g}")
+    _add_visual_hand(hand, root)
+    for act in root.find("actuator").findall("position"):  # target = q + ctrl: at ctrl 0 the hand holds the grasp
+        j, kp, kv = act.get("joint"), float(act.get("kp")), float(act.get("kv", 0))
+        act.tag = "general"
+        for k in ("kp", "kv"):
+            act.attrib.pop(k, None)
+        target = float(q[JOINT_NAMES.index(j)])
+        act.set("gainprm", f"{kp:g}")
+        act.set("biastype", "affine")
+        act.set("biasprm", f"{kp * target:.9g} {-kp:g} {-kv:g}")
     ET.SubElement(world, "light", name="top", pos=_fmt(np.r_[0, 0, 1.0]), dir="0 0 -1", directional="true")
-    xml = ET.tostring(root, encoding="unicode")
-    model = mujoco.MjModel.from_xml_string(xml)  # qpos0 = the grasp: it becomes the keyframe with ctrl = q
-    ctrl = [q[JOINT_NAMES.index(model.actuator(a).name.removeprefix("act_"))] for a in range(model.nu)]
-    key = ET.SubElement(root, "keyframe")
-    ET.SubElement(key, "key", name="grasp", qpos=_fmt(model.qpos0), ctrl=_fmt(ctrl))
+    model = mujoco.MjModel.from_xml_string(ET.tostring(root, encoding="unicode"))
+    key = ET.SubElement(root, "keyframe")               # qpos0 is the grasp already; the key restores it
+    ET.SubElement(key, "key", name="grasp", qpos=_fmt(model.qpos0))
     ET.indent(root)
     return ET.tostring(root, encoding="unicode") + "\n"
+
+
+def _add_visual_hand(hand, root, cell: float = 0.002) -> None:
+    """Add the hand's visual meshes (decimated, in their links' frames) to an MJCF tree as non-colliding geoms."""
+    import xml.etree.ElementTree as ET
+
+    eye, zero = torch.eye(3), torch.zeros(3)
+    with torch.no_grad():
+        T = hand.link_transforms(eye[None], zero[None], torch.zeros(1, hand.joint_lower.numel()))[0].double().numpy()
+    names = [link.name for link in hand.tree]
+    bodies = {b.get("name"): b for b in root.iter("body")}
+    asset = root.find("asset")
+    for g in root.iter("geom"):
+        if g.get("name", "").startswith("hand_geom"):
+            g.set("group", "3")
+    for k, m in enumerate(hand.visual_meshes(eye, zero, torch.zeros(hand.joint_lower.numel()))):
+        i = names.index(m.metadata["link"])
+        inv = np.linalg.inv(T[i])
+        v, f = _cluster(np.asarray(m.vertices) @ inv[:3, :3].T + inv[:3, 3], np.asarray(m.faces), cell)
+        ET.SubElement(asset, "mesh", name=f"hand_visual{k}", vertex=_fmt(v), face=" ".join(map(str, f.ravel())))
+        ET.SubElement(bodies[names[i]], "geom", name=f"hand_visual{k}", type="mesh", mesh=f"hand_visual{k}",
+                      contype="0", conaffinity="0", group="2", rgba="0.85 0.68 0.55 1")
 
 
 # ------------------------------------------------------------------------------------------------------ CLI
@@ -393,10 +431,6 @@ def run_view(args) -> int:
         mesh_file = mesh_path(meshes, code)
     else:
         raise MissingFileError(f"--meshes: not found: {meshes}")
-    out = None if args.no_pictures else check_out_dir(args.out)
-    mjcf = check_out_file(args.mjcf, "--mjcf") if args.mjcf else None
-    if out is None and mjcf is None:
-        raise InputError("--no-pictures: nothing to write (add --mjcf OUT.xml)")
     if not len(g):
         raise InputError(f"{args.grasps}: no grasps")
     idx = np.arange(len(g))
@@ -411,6 +445,10 @@ def run_view(args) -> int:
             raise InputError(f"--scale: no selected grasp at scale {args.scale:g} (the file has scales "
                              f"{', '.join(f'{s:g}' for s in g.scales())})")
         idx = idx[keep]
+    if args.no_pictures and not args.mjcf:
+        raise InputError("--no-pictures: nothing to write (add --mjcf OUT.xml)")
+    mjcf = check_out_file(args.mjcf, "--mjcf") if args.mjcf else None
+    out = None if args.no_pictures else check_out_dir(args.out)
     idx = idx[:args.limit]
     base = load_object(mesh_file, code=code)
     hand = get_hand()
@@ -431,5 +469,5 @@ def run_view(args) -> int:
         obj = base.with_scale(float(g.scale[i]))
         text = grasp_scene_mjcf(hand, obj, g.rotation[i].numpy(), g.translation[i].numpy(), g.joints[i].numpy())
         _save_atomic(mjcf, lambda tmp: Path(tmp).write_text(text))
-        print(f"wrote {mjcf} (grasp {i}): python -m mujoco.viewer --mjcf={mjcf}  (load key 'grasp' before play)")
+        print(f"wrote {mjcf} (grasp {i}): python -m mujoco.viewer --mjcf={mjcf}")
     return 0
