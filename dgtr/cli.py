@@ -94,11 +94,12 @@ def check_out_file(path, arg: str) -> Path:
 
 # ------------------------------------------------------------------------------------------------------ parser
 class _HelpFormatter(argparse.HelpFormatter):
-    """Appends "(default: X)" to every option whose help does not already say its default."""
+    """Appends "(default: X)" to every option whose help does not already say its default (not to required ones)."""
 
     def _get_help_string(self, action):
         help_ = action.help or ""
-        if (action.default is not argparse.SUPPRESS and "default" not in help_.lower()
+        if (action.default is not argparse.SUPPRESS and "default" not in help_.lower() and not action.required
+                and not getattr(action, "_in_required_group", False)
                 and (action.option_strings or action.nargs in (argparse.OPTIONAL, argparse.ZERO_OR_MORE))):
             d = action.default
             help_ += " (default: " + ("none" if d is None or d == [] else
@@ -124,6 +125,9 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
         if name == command:
             mod = importlib.import_module(modname)
             getattr(mod, f"add_{name}_args")(p)
+            for group in p._mutually_exclusive_groups:  # e.g. --mesh | --meshes: one is required, no default
+                for a in group._group_actions:
+                    a._in_required_group = group.required
             p.set_defaults(_run=getattr(mod, f"run_{name}"))
     return parser
 
