@@ -132,7 +132,7 @@ def _label(extra: dict, i: int, index: int) -> str:
     if "contact_points" in extra:
         parts.append(f"{int(extra['contact_points'][i])} contacts")
     flag = grasp_flags(extra, i)
-    return " · ".join(parts + ([flag.upper()] if flag else []))
+    return " · ".join(parts + ([flag] if flag else []))
 
 
 def _side_view(centre: np.ndarray, palm: np.ndarray) -> tuple[float, float]:
@@ -161,7 +161,7 @@ def png_figure(grasps, hand, mesh=None, points=None, title: str = "", indices=No
                            (mesh.sample(4096, seed=0) if mesh is not None else None))
     cols = max(1, min(cols, n))
     rows = max(1, math.ceil(n / cols))
-    top = 0.45 if title else 0.0  # inches for the figure title
+    top = 0.5 if title else 0.22  # inches above the first row: its titles (and the figure's)
     fig = Figure(figsize=(2.7 * cols, 2.8 * rows + top), dpi=110)   # no pyplot: no global state, no GUI backend
     if mesh is not None:
         ov, of = _object_geometry(mesh, 4000)
