@@ -23,6 +23,12 @@ re-selected every ``refresh`` iterations.  Measured against the exact loss (all 
 iteration) on 48 coarse grasps (seed 2): Q1 0.139 vs 0.135, Pen. 3.24 vs 3.26 mm, η_np 79 vs 77 % — the same
 within noise, at 3.3x less time.
 
+Per iteration the hand's kinematics run twice (once in its signed distance, once for the contact candidates and
+the self-penetration keypoints together), and the keypoints' nearest object points come from a KD-tree: the same
+iterations as the plain implementation (benchmarks/reference_tta.py; tests/test_tta_fast.py), ~1.5x faster.  Note
+that AB-TTA is chaotic over a long run: a relative change of 1e-7 in the starting joints moves single grasps by up to
+~0.4 rad after 150 iterations, so settings are compared on the metrics of many grasps, never grasp by grasp.
+
 Hyper-parameters (the paper gives none), measured with ``benchmarks/tune_tta.py``: coarse grasps made from the real
 DexGraspNet sample grasps (3 objects, middle scale) by rotating them 4°, adding 0.1 rad joint noise and pushing the
 palm 4 mm along its normal into the object — raw DGTR-like errors (Pen. 7.9 mm, Q1 ≈ 0).  Pass 1 (48 grasps, seed 0):
@@ -190,10 +196,21 @@ def _near_hand(hand, R, t, q, pts, n: int, chunk: int = 32) -> torch.Tensor:
 
 @torch.no_grad()
 def _knn(kp: torch.Tensor, pts: torch.Tensor, k: int, chunk: int = 32) -> torch.Tensor:
-    """kp (B, C, 3), pts (B, P, 3) → (B, C, k) indices of each keypoint's k nearest object points."""
+    """kp (B, C, 3), pts (B, P, 3) → (B, C, k) indices of each keypoint's k nearest object points.
+
+    CPU: a KD-tree (one for all grasps when they share the cloud, as ``adapt`` is usually called), exact and ~20x
+    faster than sorting the (C, P) distances; elsewhere ``cdist`` + ``topk`` in chunks of grasps."""
     k = min(k, pts.shape[1])
-    return torch.cat([torch.cdist(kp[s:s + chunk], pts[s:s + chunk]).topk(k, dim=-1, largest=False).indices
-                      for s in range(0, kp.shape[0], chunk)])
+    if pts.device.type != "cpu":
+        return torch.cat([torch.cdist(kp[s:s + chunk], pts[s:s + chunk]).topk(k, dim=-1, largest=False).indices
+                          for s in range(0, kp.shape[0], chunk)])
+    from scipy.spatial import cKDTree
+
+    B, C, _ = kp.shape
+    query = lambda tree, x: torch.from_numpy(tree.query(x.numpy(), k)[1].reshape(*x.shape[:-1], k).astype(np.int64))
+    if pts.stride(0) == 0:  # one cloud expanded over the grasps
+        return query(cKDTree(pts[0].numpy()), kp)
+    return torch.stack([query(cKDTree(pts[b].numpy()), kp[b]) for b in range(B)])
 
 
 def _sdf_fn(obj, cfg: TTAConfig):
@@ -222,13 +239,15 @@ def tta_losses(hand, R, t, q, near_pts, kp_nbrs_pts, init_close, tau, sdf_fn=Non
     keypoint (ignored when ``sdf_fn`` is given); init_close (B, C) bool: keypoint within τ in the initial grasp.
     """
     pen = torch.relu(hand.signed_distance(R, t, q, near_pts)).sum(-1)
-    kp = hand.contact_candidates(R, t, q)                                        # (B, C, 3)
+    frames = hand.link_frames(R, t, q)  # once for the keypoints of both terms below
+    kp = hand.frame_points(frames, "contact")                                   # (B, C, 3)
     if sdf_fn is not None:
         d = sdf_fn(kp).abs()
     else:
         d = torch.sqrt(((kp[:, :, None] - kp_nbrs_pts) ** 2).sum(-1) + 1e-12).amin(-1)  # (B, C)
     mask = init_close | (d.detach() < tau)
-    return {"pen": pen, "dist": (d * mask).sum(-1), "spen": hand.self_penetration(R, t, q)}
+    spen = hand.keypoint_self_penetration(hand.frame_points(frames, "keypoints"))
+    return {"pen": pen, "dist": (d * mask).sum(-1), "spen": spen}
 
 
 def adapt(hand, points_or_obj, rot, t, q, cfg: TTAConfig | None = None, obj=None, return_history: bool = False):
