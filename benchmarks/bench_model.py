@@ -9,9 +9,11 @@ Rows (median wall times; threads: torch's default, or OMP_NUM_THREADS / --thread
   one run; and ``ModelConfig.reference()`` (the plain DESIGN §3 shape) on the fast path;
 - AB-TTA: 16 grasps placed around a 10 cm object, default TTAConfig, with the nearest-point distance (point cloud
   input) and with the mesh SDF (mesh input; its grid is built before timing); and with the setting the bundled
-  checkpoint carries (dgtr/checkpoints/default.yaml), point cloud;
+  checkpoint carries (dgtr/checkpoints/default.yaml), point cloud, beside the plain AB-TTA
+  (benchmarks/reference_tta.py);
 - training: objects/s of full optimiser steps (forward, matching, losses of the stage, backward, Adam) with the
-  default config on a synthetic batch of ``--train-batch`` objects × 16 ground-truth grasps, DMT and SMPT stages.
+  default config on a synthetic batch of ``--train-batch`` objects × 16 ground-truth grasps, DMT and SMPT stages,
+  with the plain reference forward and with the package's.
 """
 from __future__ import annotations
 
@@ -35,6 +37,7 @@ from dgtr.tta import TTAConfig, adapt
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from reference_model import reference_forward  # noqa: E402
+from reference_tta import reference_adapt  # noqa: E402
 
 
 def sync(device):
@@ -108,16 +111,21 @@ def bench_forward(cfg: ModelConfig, pts: torch.Tensor, runs: int, device, with_r
     return ms[0], (ms[1] if with_reference else None), sum(p.numel() for p in model.parameters()), weights
 
 
-def bench_tta(obj: ObjectModel, pts: torch.Tensor, runs: int, device, cfg: TTAConfig, mesh: bool = False) -> float:
+def bench_tta(obj: ObjectModel, pts: torch.Tensor, runs: int, device, cfg: TTAConfig, mesh: bool = False,
+              with_reference: bool = False) -> list[float]:
+    """Median ms of ``adapt`` (and of the plain ``reference_adapt``, alternating, when asked)."""
     hand = get_hand(device)
     R, t, q = grasps_around(16, 0.05, device)
     p = pts.to(device)
     obj.signed_distance(torch.zeros(1, 3))  # build the SDF grid outside the timing
-    return median_ms(lambda: adapt(hand, p, R, t, q, cfg, obj=obj if mesh else None), runs, device, warmup=1)
+    fns = [lambda: adapt(hand, p, R, t, q, cfg, obj=obj if mesh else None)]
+    if with_reference:
+        fns.append(lambda: reference_adapt(hand, p, R, t, q, cfg, obj=obj if mesh else None))
+    return median_ms_alternating(fns, runs, device, warmup=1)
 
 
-def bench_train(batch: int, steps: int, device, stage: str) -> float:
-    """Objects per second of full training steps with the default config."""
+def bench_train(batch: int, steps: int, device, stage: str, reference: bool = False) -> float:
+    """Objects per second of full training steps with the default config (the plain forward when ``reference``)."""
     cfg = TrainConfig()
     hand = get_hand(device)
     model = build_model(cfg.model, hand.joint_lower.cpu(), hand.joint_upper.cpu()).to(device).train()
@@ -133,7 +141,7 @@ def bench_train(batch: int, steps: int, device, stage: str) -> float:
     static = [torch.randperm(16).numpy() for _ in range(batch)] if stage != "dmt" else None
 
     def step():
-        out = model(points)
+        out = reference_forward(model, points) if reference else model(points)
         loss, _, _ = crit(out, targets, static, stage, points)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -170,16 +178,20 @@ def main() -> int:
         rows.append((f"forward, ModelConfig.reference() ({n / 1e6:.2f} M params, random init)", f"{ms:.1f} ms"))
     it = TTAConfig().iterations
     for mesh in (False, True):
-        ms = bench_tta(obj, pts, args.tta_runs, device, TTAConfig(), mesh)
+        ms = bench_tta(obj, pts, args.tta_runs, device, TTAConfig(), mesh)[0]
         rows.append((f"AB-TTA, 16 grasps, {it} it, {'mesh SDF' if mesh else 'point-cloud'} distance", f"{ms:.0f} ms"))
     if DEFAULT_CHECKPOINT.exists():
         shipped = dgtr.load("default").tta_config
-        ms = bench_tta(obj, pts, args.tta_runs, device, shipped)
-        rows.append((f"AB-TTA, 16 grasps, bundled model's setting ({shipped.iterations} it), point cloud", f"{ms:.0f} ms"))
+        fast, ref = bench_tta(obj, pts, args.tta_runs, device, shipped, with_reference=True)
+        label = f"AB-TTA, 16 grasps, bundled model's setting ({shipped.iterations} it), point cloud"
+        rows.append((label + ", plain reference", f"{ref:.0f} ms"))
+        rows.append((label, f"{fast:.0f} ms"))
     if not args.skip_train:
         for stage in ("dmt", "smpt"):
-            ops = bench_train(args.train_batch, args.train_steps, device, stage)
-            rows.append((f"training, default config, batch {args.train_batch}, stage {stage}", f"{ops:.2f} objects/s"))
+            for reference in (True, False):
+                ops = bench_train(args.train_batch, args.train_steps, device, stage, reference)
+                rows.append((f"training, default config, batch {args.train_batch}, stage {stage}"
+                             + (", plain reference forward" if reference else ""), f"{ops:.2f} objects/s"))
     load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
     print(f"dgtr model benchmark on {name} (torch {torch.__version__}); load average at the end: {load}")
     w = max(len(r[0]) for r in rows)
