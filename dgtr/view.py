@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import colorsys
 import math
-import os
 from pathlib import Path
 
 import numpy as np
@@ -213,8 +212,11 @@ def write_png(path, grasps, hand, mesh=None, points=None, title: str = "", indic
 
     grasps: GraspSet (its ``extra`` gives the titles; computed on ``points`` when missing); mesh: trimesh of the object
     in the grasps' frame (else ``points`` (P, 3) are drawn); indices: the numbers shown (default 0..n-1)."""
+    from .files import atomic_path
+
     fig = png_figure(grasps, hand, mesh=mesh, points=points, title=title, indices=indices, cols=cols)
-    _save_atomic(path, lambda tmp: fig.savefig(tmp, format="png"))
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
 
 
 def grasp_figure(grasps, hand, mesh=None, points=None, title: str = "", indices=None):
@@ -272,13 +274,18 @@ def write_html(path, grasps, hand, mesh=None, points=None, title: str = "", indi
     """Plotly page of ``grasp_figure``: one grasp at a time with a slider, or all.  plotly.min.js is written beside
     ``path`` (once) and loaded from there, so the page works offline and stays small."""
     fig = grasp_figure(grasps, hand, mesh=mesh, points=points, title=title, indices=indices)
+    from .files import atomic_path
+
     p = Path(path)
     if not (p.parent / "plotly.min.js").is_file():
+        import shutil
+
         import plotly
-        js = Path(plotly.__file__).parent / "package_data" / "plotly.min.js"
-        _save_atomic(p.parent / "plotly.min.js", lambda tmp: Path(tmp).write_bytes(js.read_bytes()))
+        with atomic_path(p.parent / "plotly.min.js") as tmp:
+            shutil.copyfile(Path(plotly.__file__).parent / "package_data" / "plotly.min.js", tmp)
     html = fig.to_html(include_plotlyjs="plotly.min.js", full_html=True)  # <script src="plotly.min.js">: offline
-    _save_atomic(p, lambda tmp: Path(tmp).write_text(html, encoding="utf-8"))
+    with atomic_path(p) as tmp:
+        tmp.write_text(html, encoding="utf-8")
 
 
 def write_pictures(stem, grasps, hand=None, mesh=None, points=None, title: str = "", indices=None) -> list[Path]:
@@ -294,18 +301,6 @@ def write_pictures(stem, grasps, hand=None, mesh=None, points=None, title: str =
     write_png(png, grasps, hand, mesh=mesh, points=points, title=title, indices=indices)
     write_html(html, grasps, hand, mesh=mesh, points=points, title=title, indices=indices)
     return [png, html]
-
-
-def _save_atomic(path, write) -> None:
-    """write(tmp) then rename: a reader (or a crash) never sees half a file."""
-    p = Path(path)
-    tmp = p.with_name(f".{p.name}.tmp{os.getpid()}")
-    try:
-        write(str(tmp))
-        os.replace(tmp, p)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 # ------------------------------------------------------------------------------------------------ MuJoCo scene
@@ -418,6 +413,7 @@ def run_view(args) -> int:
     from .cli import check_out_dir, check_out_file
     from .data import load_grasps, mesh_path
     from .errors import MissingFileError
+    from .files import write_text
     from .hand import get_hand
     from .objects import load_object
     from .predict import print_table
@@ -468,6 +464,6 @@ def run_view(args) -> int:
         i = int(idx[0])
         obj = base.with_scale(float(g.scale[i]))
         text = grasp_scene_mjcf(hand, obj, g.rotation[i].numpy(), g.translation[i].numpy(), g.joints[i].numpy())
-        _save_atomic(mjcf, lambda tmp: Path(tmp).write_text(text))
+        write_text(mjcf, text)
         print(f"wrote {mjcf} (grasp {i}): python -m mujoco.viewer --mjcf={mjcf}")
     return 0

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from dgtr.cli import main as cli_main
-from dgtr.data import GraspSet, load_grasps, save_grasps
+from dgtr.data import GraspSet, load_grasps
 from dgtr.hand import get_hand
 from dgtr.objects import load_object
 from dgtr.predict import score_grasps
