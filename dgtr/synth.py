@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import re
 import sys
 import time
@@ -773,20 +774,41 @@ def _fix_split(out: Path, objects: dict[str, str]) -> None:
                          "them into another --out")
 
 
-class _QueueProgress:
-    """Picklable progress callback of a worker: puts (code, fraction) on a manager queue, at most every 2 s."""
+_PROGRESS_QUEUE = None  # in a worker: the queue its `dgtr synth` reads progress from
 
-    def __init__(self, queue, code: str):
-        self.queue, self.code, self.last = queue, code, 0.0
+
+class _QueueProgress:
+    """Picklable progress callback of a worker: puts (code, fraction) on the worker's queue, at most every 2 s."""
+
+    def __init__(self, code: str):
+        self.code, self.last = code, 0.0
 
     def __call__(self, fraction: float) -> None:
-        if time.time() - self.last >= 2.0:
+        if _PROGRESS_QUEUE is not None and time.time() - self.last >= 2.0:
             self.last = time.time()
-            self.queue.put((self.code, fraction))
+            _PROGRESS_QUEUE.put((self.code, fraction))
 
 
-def _worker_init() -> None:
+def _worker_init(queue=None) -> None:
+    global _PROGRESS_QUEUE
+    _PROGRESS_QUEUE = queue
     torch.set_num_threads(1)
+    _exit_with_parent()
+
+
+def _exit_with_parent() -> None:
+    """A worker whose `dgtr synth` was killed exits too (it would otherwise finish its object unseen, competing
+    with the resumed run for the CPU): a daemon thread polls the parent pid."""
+    import threading
+
+    parent = os.getppid()
+
+    def watch():
+        while os.getppid() == parent:
+            time.sleep(2.0)
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True).start()  # (runs once the worker's imports release the GIL)
 
 
 def _fmt_record(r: dict) -> str:
@@ -851,10 +873,10 @@ def run_synth(args) -> int:
             from concurrent.futures import FIRST_COMPLETED, wait
 
             ctx = mp.get_context("spawn")  # forking a process that already runs torch threads can deadlock in OpenMP
-            with ctx.Manager() as manager, ProcessPoolExecutor(args.workers, mp_context=ctx,
-                                                              initializer=_worker_init) as ex:
-                queue = manager.Queue()  # (code, fraction) progress reports from the workers
-                futs = {ex.submit(synth_object, c, p, str(out), cfg, args.device, 0, _QueueProgress(queue, c)): c
+            queue = ctx.Queue()  # (code, fraction) progress reports from the workers (given to them at start-up)
+            with ProcessPoolExecutor(args.workers, mp_context=ctx, initializer=_worker_init,
+                                     initargs=(queue,)) as ex:
+                futs = {ex.submit(synth_object, c, p, str(out), cfg, args.device, 0, _QueueProgress(c)): c
                         for c, p in todo.items()}
                 pending = set(futs)
                 while pending:
