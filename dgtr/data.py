@@ -389,11 +389,9 @@ def add_convert_args(p) -> None:
 def run_convert(args) -> int:
     import sys
 
-    dest = Path(args.dest)
-    try:
-        (dest / ("dataset" if args.to == "dexgraspnet" else "grasps")).mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise InputError(f"DEST {dest}: cannot be written ({e.strerror})") from None
+    from .cli import check_out_dir
+
+    dest = check_out_dir(args.dest, "DEST")
     counts = convert(args.src, dest, args.to)
     print(f"dgtr convert: {len(counts)} objects, {sum(counts.values())} grasps -> {dest} ({args.to})", file=sys.stderr)
     return 0

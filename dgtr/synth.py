@@ -697,17 +697,19 @@ def write_manifest(out: Path, cfg: SynthConfig, sources: list[str]) -> dict:
 
 # -------------------------------------------------------------------------------------------------------------- CLI
 def add_synth_args(p: argparse.ArgumentParser) -> None:
+    from .cli import positive_int
+
     p.add_argument("--source", action="append", required=True,
                    help="object source: pybullet:random, pybullet:named, pybullet, a mesh folder or a DexGraspNet "
                         "meshdata folder (repeat for several)")
     p.add_argument("--out", required=True, help="output folder (DexGraspNet layout: dataset/, meshdata/)")
     p.add_argument("--objects", help="comma-separated object codes to synthesise (default: all)")
-    p.add_argument("--limit", type=int, help="first N objects of each source")
+    p.add_argument("--limit", type=positive_int, help="first N objects of each source")
     p.add_argument("--shard", help="k/n: this run does objects k, k+n, k+2n, ... (1 <= k <= n)")
-    p.add_argument("--workers", type=int, default=1, help="processes (one torch thread each when > 1)")
+    p.add_argument("--workers", type=positive_int, default=1, help="processes (one torch thread each when > 1)")
     p.add_argument("--device", default="cpu", help="torch device of the optimiser (cpu, cuda); simulation is CPU")
     p.add_argument("--seed", type=int, help="run seed (default: config seed)")
-    p.add_argument("--grasps-per-scale", type=int, help="wanted validated grasps per (object, scale)")
+    p.add_argument("--grasps-per-scale", type=positive_int, help="wanted validated grasps per (object, scale)")
     p.add_argument("--scales", help="comma-separated object scales (default 0.06,0.08,0.10,0.12,0.15)")
     p.add_argument("--config", help="YAML config (default: dataclass defaults = configs/synth.yaml)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -819,6 +821,8 @@ def _fmt_record(r: dict) -> str:
 def run_synth(args) -> int:
     from concurrent.futures import ProcessPoolExecutor
 
+    from .cli import check_out_dir
+
     from tqdm import tqdm
 
     cfg = _build_config(args)
@@ -831,7 +835,7 @@ def run_synth(args) -> int:
     objects = select_objects(args.source, args.objects, args.limit, args.shard)
     out = Path(args.out)
     _check_resume(out, cfg)
-    out.mkdir(parents=True, exist_ok=True)
+    check_out_dir(out)
     if cfg.layout == "compact":
         _fix_split(out, objects)
     write_manifest(out, cfg, args.source)  # records the config before any work: a resumed run is checked against it

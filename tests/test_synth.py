@@ -248,3 +248,24 @@ def test_progress_moves_within_an_object(tmp_path, cube):
     seen = []
     synth.synth_object("pb_cube", cube.source, str(tmp_path), cfg, progress=seen.append)
     assert len(seen) >= 10 and seen == sorted(seen) and 0 < seen[0] < 0.5 < seen[-1] < 1
+
+
+@pytest.mark.parametrize("bad", ["file", "readonly"])
+def test_unwritable_out_is_one_line_before_work(tmp_path, capsys, bad):
+    if bad == "file":
+        out = tmp_path / "f"
+        out.write_text("x")
+    else:
+        ro = tmp_path / "ro"
+        ro.mkdir()
+        out = Path("/proc/dgtr_synth_out")  # writable by nobody, root included
+    assert _synth(out) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--out" in err[0], err
+
+
+def test_bad_numbers_are_refused(capsys):
+    for argv in (["--workers", "0"], ["--limit", "-1"], ["--grasps-per-scale", "0"]):
+        assert cli.main(["synth", "--source", "pybullet:named", "--out", "/tmp/x", *argv]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and argv[0] in err[0], err
