@@ -132,7 +132,7 @@ def bench_train(batch: int, steps: int, device, stage: str, reference: bool = Fa
     crit = SetCriterion(cfg.loss, hand, t_range=cfg.model.t_range).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
     obj = test_object()
-    pts = torch.as_tensor(obj.sample_points(cfg.train.n_points)).to(device)
+    pts = torch.as_tensor(obj.sample_points(cfg.model.n_points)).to(device)
     points = pts[None].expand(batch, -1, -1).contiguous()
     targets = []
     for b in range(batch):
