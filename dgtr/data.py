@@ -276,12 +276,20 @@ class GraspDataset(torch.utils.data.Dataset):
     Entries with fewer than ``min_grasps`` grasps are skipped.  Unit clouds are sampled once per object (fixed seed).
     A split may list objects without a grasp file yet (a dataset still being synthesised): they are skipped and
     counted in ``n_missing``; with ``codes`` given explicitly a missing file is an error.
+
+    n_clouds: K unit clouds per object (seeds seed, seed + 1, ...; sampling a 4096-point cloud takes ~0.35 s, so they
+    are sampled once); ``set_epoch(e)`` picks each object's cloud for epoch e, a function of (seed, e, object) only
+    (a resumed epoch sees the same clouds).  cache: folder for the sampled clouds (``<cache>/n<N>-seed<seed>/<code>.npy``,
+    (K, N, 3) float32, written atomically; used when it holds at least K clouds), so a second or resumed run does not
+    sample again; one cache per mesh folder (files are named by object code only).  progress: a line on stderr every 100 objects while sampling.
     """
 
     def __init__(self, root, split: str = "train", n_points: int = 4096, min_grasps: int = 1, seed: int = 0,
-                 codes: list[str] | None = None, meshes=None):
+                 codes: list[str] | None = None, meshes=None, n_clouds: int = 1, cache=None, progress: bool = False):
         from .objects import load_object
 
+        if n_clouds < 1:
+            raise InputError(f"n_clouds: need >= 1, got {n_clouds}")
         self.root = Path(root)
         meshes = Path(meshes) if meshes is not None else self.root / "meshdata"
         if not meshes.is_dir():
@@ -298,8 +306,10 @@ class GraspDataset(torch.utils.data.Dataset):
             if missing:
                 raise MissingFileError(f"{grasp_folder(self.root)}: no grasp file for {missing[:3]}")
             self.n_missing = 0
+        self.seed, self.n_clouds, self.epoch = int(seed), int(n_clouds), 0
         self.entries: list[tuple[str, float, GraspSet]] = []
-        self.clouds: dict[str, np.ndarray] = {}
+        self.clouds: dict[str, np.ndarray] = {}  # code -> (K, n_points, 3) unit clouds
+        cache = Path(cache) if cache is not None else None
         for code in codes:
             g = load_grasps(files[code])
             before = len(self.entries)
@@ -308,15 +318,45 @@ class GraspDataset(torch.utils.data.Dataset):
                 if len(gs) >= min_grasps:
                     self.entries.append((code, s, gs))
             if len(self.entries) > before:
-                obj = load_object(mesh_path(meshes, code), code=code)
-                self.clouds[code] = obj.sample_points(n_points, seed=seed).astype(np.float32)
+                self.clouds[code] = self._clouds(cache, code, lambda: load_object(mesh_path(meshes, code), code=code),
+                                                 n_points)
+                if progress and len(self.clouds) % 100 == 0:
+                    import sys
+                    print(f"dgtr: {split} clouds of {len(self.clouds)} objects ready", file=sys.stderr, flush=True)
+
+    def _clouds(self, cache: Path | None, code: str, load, n_points: int) -> np.ndarray:
+        f = cache / f"n{n_points}-seed{self.seed}" / f"{code}.npy" if cache is not None else None
+        if f is not None and f.is_file():
+            try:
+                c = np.load(f)
+                if c.ndim == 3 and c.shape[0] >= self.n_clouds and c.shape[1:] == (n_points, 3):
+                    return c[:self.n_clouds].astype(np.float32)
+            except (OSError, ValueError):  # a stale or foreign file: sample again and replace it
+                pass
+        obj = load()
+        c = np.stack([obj.sample_points(n_points, seed=self.seed + k).astype(np.float32) for k in range(self.n_clouds)])
+        if f is not None:
+            save_npy(f, c)
+        return c
+
+    def set_epoch(self, epoch: int) -> None:
+        """Choose the clouds of epoch ``epoch`` (with n_clouds > 1; epoch 0 keeps cloud 0 of every object)."""
+        self.epoch = int(epoch)
+
+    def cloud_index(self, code: str) -> int:
+        """Index (0..K-1) of ``code``'s cloud in the current epoch: 0 at epoch 0, then a hash of (seed, epoch, code)."""
+        if self.n_clouds == 1 or self.epoch == 0:
+            return 0
+        import zlib
+        return zlib.crc32(f"{self.seed}:{self.epoch}:{code}".encode()) % self.n_clouds
 
     def __len__(self) -> int:
         return len(self.entries)
 
     def __getitem__(self, i: int) -> dict:
         code, s, g = self.entries[i]
-        return {"code": code, "scale": s, "index": i, "points": torch.from_numpy(self.clouds[code] * np.float32(s)),
+        cloud = self.clouds[code][self.cloud_index(code)]
+        return {"code": code, "scale": s, "index": i, "points": torch.from_numpy(cloud * np.float32(s)),
                 "rotation": g.rotation.float(), "translation": g.translation.float(), "joints": g.joints.float()}
 
 

@@ -10,10 +10,19 @@ pairs of the global batch, see ``SetCriterion(distributed=True)``):
               n points are an evenly strided subset of the hand's samples (stored link by link, so each link keeps its
               area share); the k-d tree search on 1024 instead of 2048 points halves the cost of this term.
 - ``spen``    hand self-penetration (λ = 10)
-- ``pen``     Σ_p relu(hand_sdf(p)) over the object points p, hand sdf positive inside the hand (λ_pen = 50, SMPT only)
+- ``pen``     object penetration (λ_pen = 50, SMPT only), ``pen_form``:
+              'linear': Σ_p relu(hand_sdf(p)) over the object points p, hand sdf positive inside the hand (m);
+              'squared' (the authors' released code): Σ over the points p inside a link of d(p)², d = distance to that
+              link's palmar line (capsules) or depth (palm boxes), m² (``palmar_penetration``): ~200x gentler at
+              millimetre depths, and a point just under a finger's palmar face costs ~nothing
 - ``dist``    vanilla distance loss, paper eq. 1: Σ_i 1[d(p_i) < τ]·d(p_i) over the hand's contact candidates p_i,
               d = Euclidean distance to the nearest object point (τ = 1 cm, the authors' threshold; weight 10, SMPT
               only).  Eq. 1 as printed uses d, not d² (the authors' code summed squared distances).
+
+Hand terms are computed for all decoder layers at once (``SetCriterion.all_layer_terms``): one batched kinematics
+call per point set over the L·K matched poses, every ground-truth hand posed and k-d-tree-indexed once however many
+layers match it, every object cloud indexed once for all its hands; the k-d tree searches run on
+``torch.get_num_threads()`` threads.
 
 Stages (DSMT, paper Alg. 1): 'dmt' Hungarian matching per layer, no pen/dist; 'smw' static matching, no pen/dist;
 'smpt' static matching + pen + dist (``LossConfig.pen_stages`` moves pen/dist into other stages for the paper's
@@ -23,7 +32,8 @@ static assignment in static mode) and its losses are added to the total.
 Hand terms call a hand object injected into ``SetCriterion`` (``dgtr.hand.ShadowHand`` in practice):
 ``surface_points(R, t, q) → (K, N, 3)``, ``penetration(R, t, q, points (K, P, 3)) → (K,)`` (Σ relu of the hand's
 signed distance, positive inside),
-``self_penetration(R, t, q) → (K,)``, ``contact_candidates(R, t, q) → (K, Nc, 3)``, ``joint_lower/joint_upper (J,)``.
+``self_penetration(R, t, q) → (K,)``, ``contact_candidates(R, t, q) → (K, Nc, 3)``, ``joint_lower/joint_upper (J,)``;
+``pen_form: squared`` also needs ``primitives``, ``link_names`` and ``link_frames(R, t, q)`` (the ShadowHand's).
 """
 from __future__ import annotations
 
@@ -40,10 +50,11 @@ from .matcher import MatcherConfig, check_assignment, from_query_assignment, hun
 from .rotations import matrix_from_quaternion, quaternion_from_matrix
 
 __all__ = ["LossConfig", "SetCriterion", "normalise_targets", "chamfer", "vanilla_distance", "object_penetration",
-           "pairs_per_rank", "STAGES"]
+           "palmar_penetration", "PalmarGeometry", "pairs_per_rank", "STAGES", "PEN_FORMS"]
 
 STAGES = ("dmt", "smw", "smpt")
 HAND_TERMS = ("chamfer", "spen", "pen", "dist")
+PEN_FORMS = ("linear", "squared")
 
 
 @dataclass
@@ -61,14 +72,22 @@ class LossConfig:
     aux: bool = True           # deep supervision over the earlier decoder layers
     pen_stages: list[str] = field(default_factory=lambda: ["smpt"])  # stages with the pen/dist terms (paper: SMPT;
     #                            its Table 6 ablation trains with them under dynamic matching: ['dmt', 'smpt'])
+    pen_form: str = "linear"   # 'linear': Σ depth (m); 'squared': the authors' Σ d² to the palmar line (m²)
     matcher: MatcherConfig = field(default_factory=MatcherConfig)
+
+    def check(self) -> None:
+        if self.pen_form not in PEN_FORMS:
+            raise InputError(f"loss.pen_form: expected one of {PEN_FORMS}, got {self.pen_form!r}")
+        bad = [s for s in self.pen_stages if s not in STAGES]
+        if bad:
+            raise InputError(f"loss.pen_stages: unknown stage(s) {bad}; expected names from {STAGES}")
+        if self.chamfer_points < 1:
+            raise InputError(f"loss.chamfer_points: need >= 1, got {self.chamfer_points}")
 
     def weights(self, stage: str) -> dict[str, float]:
         if stage not in STAGES:
             raise InputError(f"stage: expected one of {STAGES}, got {stage!r}")
-        bad = [s for s in self.pen_stages if s not in STAGES]
-        if bad:
-            raise InputError(f"loss.pen_stages: unknown stage(s) {bad}; expected names from {STAGES}")
+        self.check()
         on = stage in self.pen_stages
         return {"trans": self.trans, "joints": self.joints, "rot": self.rot, "chamfer": self.chamfer,
                 "spen": self.spen, "pen": self.pen if on else 0.0, "dist": self.dist if on else 0.0}
@@ -116,6 +135,53 @@ def normalise_targets(gt: dict, joint_lower: torch.Tensor, joint_upper: torch.Te
 
 
 # ------------------------------------------------------------------------------------------- geometric terms
+_POOL = None
+
+
+def _parallel(fn, items: list) -> list:
+    """[fn(x) for x in items], split over torch.get_num_threads() threads (k-d tree builds and queries release the
+    GIL: the loss terms' nearest-neighbour searches then use both cores of a 2-core machine, as the model does)."""
+    global _POOL
+    n = min(torch.get_num_threads(), len(items))
+    if n <= 1:
+        return [fn(x) for x in items]
+    from concurrent.futures import ThreadPoolExecutor
+
+    if _POOL is None or _POOL._max_workers < n:
+        _POOL = ThreadPoolExecutor(n, thread_name_prefix="dgtr-nn")
+    parts = np.array_split(np.arange(len(items)), n)
+    done = _POOL.map(lambda idx: [fn(items[i]) for i in idx], parts)
+    return [r for part in done for r in part]
+
+
+def _kd_nearest(tasks: list[tuple[np.ndarray, np.ndarray]]) -> list[np.ndarray]:
+    """[(points (M, 3), queries (N, 3)) float64] → [(N,) int64 index of each query's nearest point], in threads."""
+    from scipy.spatial import cKDTree
+
+    return _parallel(lambda pq: cKDTree(pq[0]).query(pq[1])[1].astype(np.int64), tasks)
+
+
+def _grouped_nearest(x: torch.Tensor, y: torch.Tensor, owner: torch.Tensor) -> torch.Tensor:
+    """x (K, N, 3) query sets, y (U, M, 3) point sets, owner (K,) long: row k's set is y[owner[k]] → (K, N) long
+    index of each x point's nearest point in its set.  One k-d tree per set in use, queried with all the rows it
+    serves at once (a set shared by several rows, e.g. one ground-truth hand matched in all decoder layers or one
+    object cloud under 16 hands, is indexed once)."""
+    K, N = x.shape[:2]
+    if K == 0 or N == 0 or y.shape[1] == 0:
+        return torch.zeros(K, N, dtype=torch.long, device=x.device)
+    if x.device.type != "cpu":  # no k-d tree on accelerators: brute force on the expanded sets
+        return _nearest(x, y[owner], method="brute")
+    xn, yn, own = x.detach().double().numpy(), y.detach().double().numpy(), owner.cpu().numpy()
+    order = np.argsort(own, kind="stable")
+    sets, starts = np.unique(own[order], return_index=True)
+    groups = np.split(order, starts[1:])
+    found = _kd_nearest([(yn[u], xn[rows].reshape(-1, 3)) for u, rows in zip(sets, groups)])
+    out = np.empty((K, N), dtype=np.int64)
+    for rows, idx in zip(groups, found):
+        out[rows] = idx.reshape(len(rows), N)
+    return torch.from_numpy(out)
+
+
 @torch.no_grad()
 def _nearest(a: torch.Tensor, b: torch.Tensor, both: bool = False, method: str | None = None,
              max_elems: int = 1 << 24):
@@ -123,8 +189,9 @@ def _nearest(a: torch.Tensor, b: torch.Tensor, both: bool = False, method: str |
     index of each b point's nearest a point).
 
     Only indices: callers recompute the distances with autograd.  method 'kdtree' (default on CPU): one k-d tree
-    per pair (scipy cKDTree, ~10x faster than brute force for thousands of points); 'brute' (default elsewhere):
-    argmin_j |b_j|² − 2 a_i·b_j from a batched matmul, chunked over K so at most ~max_elems distances coexist.
+    per pair (scipy cKDTree, ~10x faster than brute force for thousands of points; pairs spread over threads);
+    'brute' (default elsewhere): argmin_j |b_j|² − 2 a_i·b_j from a batched matmul, chunked over K so at most
+    ~max_elems distances coexist.
     """
     K, N, M = a.shape[0], a.shape[1], b.shape[1]
     if K == 0 or M == 0 or N == 0:
@@ -133,9 +200,8 @@ def _nearest(a: torch.Tensor, b: torch.Tensor, both: bool = False, method: str |
 
     method = method or ("kdtree" if a.device.type == "cpu" else "brute")
     if method == "kdtree":
-        from scipy.spatial import cKDTree
         an, bn = a.detach().double().numpy(), b.detach().double().numpy()
-        nn = lambda x, y: torch.from_numpy(np.stack([cKDTree(y[i]).query(x[i])[1] for i in range(K)]).astype(np.int64))
+        nn = lambda x, y: torch.from_numpy(np.stack(_kd_nearest([(y[i], x[i]) for i in range(K)])))
         return (nn(an, bn), nn(bn, an)) if both else nn(an, bn)
 
     def brute(x, y):  # (K, n, 3), (K, m, 3) → (K, n)
@@ -151,19 +217,34 @@ def _pick(b: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
     return torch.gather(b, 1, idx[..., None].expand(-1, -1, 3))
 
 
-def chamfer(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """(K, N, 3), (K, M, 3) → (K,) mean_a min_b ‖a−b‖² + mean_b min_a ‖a−b‖².
+def chamfer(a: torch.Tensor, b: torch.Tensor, b_index: torch.Tensor | None = None) -> torch.Tensor:
+    """(K, N, 3), (U, M, 3) → (K,) mean_a min_b ‖a−b‖² + mean_b min_a ‖a−b‖² of each row of ``a`` against its set
+    ``b[b_index[k]]`` (default: b_index = arange(K), U = K: row k against row k).
 
     The nearest neighbours are found without autograd and the squared distances recomputed on them: same value and
-    gradient as differentiating the min, without storing K·N·M distances.
+    gradient as differentiating the min, without storing K·N·M distances.  A ``b`` set shared by several rows (one
+    ground-truth hand matched in several decoder layers) gets one k-d tree.
     """
-    i_ab, i_ba = _nearest(a, b, both=True)
-    return ((a - _pick(b, i_ab)) ** 2).sum(-1).mean(-1) + ((b - _pick(a, i_ba)) ** 2).sum(-1).mean(-1)
+    if b_index is None:
+        if a.shape[0] != b.shape[0]:
+            raise InputError(f"chamfer: {a.shape[0]} rows of a but {b.shape[0]} of b (give b_index)")
+        b_index = torch.arange(a.shape[0], device=a.device)
+    with torch.no_grad():
+        i_ab = _grouped_nearest(a, b, b_index)                                  # a → its set
+        i_ba = _nearest(b[b_index], a) if a.shape[0] else i_ab[:, :0]           # each set → its row of a
+    bk = b[b_index]
+    return ((a - _pick(bk, i_ab)) ** 2).sum(-1).mean(-1) + ((bk - _pick(a, i_ba)) ** 2).sum(-1).mean(-1)
 
 
-def vanilla_distance(keypoints: torch.Tensor, obj_points: torch.Tensor, tau: float) -> torch.Tensor:
-    """Paper eq. 1.  keypoints (K, Nc, 3), obj_points (K, P, 3) → (K,) Σ_i 1[d_i < τ]·d_i, d_i = min_p ‖p_i − p‖."""
-    diff = keypoints - _pick(obj_points, _nearest(keypoints, obj_points))
+def vanilla_distance(keypoints: torch.Tensor, obj_points: torch.Tensor, tau: float,
+                     obj_index: torch.Tensor | None = None) -> torch.Tensor:
+    """Paper eq. 1.  keypoints (K, Nc, 3), obj_points (B, P, 3) (B = K unless ``obj_index`` (K,) names each row's
+    cloud) → (K,) Σ_i 1[d_i < τ]·d_i, d_i = min_p ‖p_i − p‖.  Each cloud gets one k-d tree for all its rows."""
+    if obj_index is None:
+        obj_index = torch.arange(keypoints.shape[0], device=keypoints.device)
+    with torch.no_grad():
+        idx = _grouped_nearest(keypoints, obj_points, obj_index)
+    diff = keypoints - _pick(obj_points[obj_index], idx)
     d = torch.sqrt((diff ** 2).sum(-1) + 1e-12)  # eps: finite gradient when a keypoint sits on an object point
     return torch.where(d < tau, d, torch.zeros_like(d)).sum(-1)
 
@@ -171,6 +252,68 @@ def vanilla_distance(keypoints: torch.Tensor, obj_points: torch.Tensor, tau: flo
 def object_penetration(hand_sdf: torch.Tensor) -> torch.Tensor:
     """hand_sdf (K, P) of object points, positive inside the hand → (K,) total penetration depth Σ_p relu(sdf)."""
     return F.relu(hand_sdf).sum(-1)
+
+
+class PalmarGeometry:
+    """The ShadowHand's collision primitives (``hand.primitives``) as tensors for ``palmar_penetration``: per
+    primitive its link, frame in the link, bounding-sphere radius; capsules: radius r, half length h and the palmar
+    offset o (2,) in the capsule frame (the palmar line is x, y = o: (0, −r) on the fingers, whose flexion turns them
+    toward −y, the palm normal; (−r, 0) on the three thumb capsules, which bend toward −x; the contact candidates use
+    the same sides); boxes: half extents."""
+
+    def __init__(self, hand, dtype=torch.float32, device="cpu"):
+        lid = {n: i for i, n in enumerate(hand.link_names)}
+        prims = sorted(hand.primitives, key=lambda p: p.kind != "capsule")   # capsules first, then boxes
+        T = lambda x: torch.as_tensor(np.asarray(x), dtype=dtype, device=device)
+        self.link = torch.tensor([lid[p.link] for p in prims], device=device)
+        self.R = matrix_from_quaternion(torch.as_tensor(np.stack([p.quat for p in prims]))).to(dtype=dtype,
+                                                                                              device=device)
+        #                                                                    (G, 3, 3) primitive → link
+        self.p = T(np.stack([p.pos for p in prims]))                          # (G, 3)
+        caps = [p for p in prims if p.kind == "capsule"]
+        self.n_caps = len(caps)
+        self.r = T([p.size[0] for p in caps])
+        self.h = T([p.size[1] for p in caps])
+        thumb = [p.link.split(":")[-1].startswith("th") for p in caps]
+        self.offset = T([[-p.size[0], 0.0] if th else [0.0, -p.size[0]] for p, th in zip(caps, thumb)])
+        self.half = T(np.stack([p.size for p in prims if p.kind == "box"]).reshape(-1, 3))
+        self.bound = torch.cat([self.r + self.h, self.half.norm(dim=-1)])    # (G,) bounding-sphere radii
+
+
+def palmar_penetration(hand, rot, t, q, points: torch.Tensor, geom: PalmarGeometry | None = None) -> torch.Tensor:
+    """The authors' object-penetration term (their ``get_obj_penetration_loss``): Σ over the object points p inside
+    the hand of d(p)² (m²), d = the distance from p to the palmar line of the capsule it is inside (the line on the
+    capsule's palmar side, x, y = offset, at p's own axial position clamped to the segment: a point that entered
+    through the palmar face is near it, one that crossed to the back of the finger is ~2r from it); for the palm and
+    lfmetacarpal boxes (a mesh in their code) d = the depth below the nearest face.  A point inside several
+    primitives counts the largest.  Poses (K, ...) as the hand API, points (K, P, 3) → (K,).
+
+    Only points inside some primitive's bounding sphere are evaluated (the others contribute 0 value and gradient).
+    """
+    g = geom or PalmarGeometry(hand, points.dtype, points.device)
+    Rw, pw = hand.link_frames(rot, t, q)                                     # (K, L, 3, 3), (K, L, 3)
+    Rl = Rw[:, g.link]
+    Rp = Rl @ g.R                                                            # (K, G, 3, 3) primitive frames
+    cp = pw[:, g.link] + (Rl @ g.p[:, :, None]).squeeze(-1)                  # (K, G, 3) primitive centres
+    points = points.to(cp)
+    with torch.no_grad():
+        near = (torch.cdist(points, cp.detach()) <= g.bound).any(-1)         # (K, P)
+        m = int(near.sum(1).max()) if near.numel() else 0
+    if m == 0:
+        return (cp * 0).sum((1, 2))                                          # zero, still connected to the graph
+    idx = near.to(torch.int8).topk(m, dim=1).indices                         # the near points first
+    keep = torch.gather(near, 1, idx)
+    x = torch.gather(points, 1, idx[..., None].expand(-1, -1, 3))            # (K, m, 3)
+    xl = torch.einsum("kmgi,kgij->kmgj", x[:, :, None] - cp[:, None], Rp)    # (K, m, G, 3) primitive coordinates
+    C = g.n_caps
+    xc, z = xl[..., :C, :2], xl[..., :C, 2]
+    over = z - z.clamp(-g.h, g.h)                                            # axial overshoot past the segment
+    inside_c = (xc ** 2).sum(-1) + over ** 2 < g.r ** 2
+    d2_c = ((xc - g.offset) ** 2).sum(-1) + over ** 2                        # to the palmar line, same height
+    depth_b = (g.half - xl[..., C:, :].abs()).amin(-1)                       # > 0 inside the box
+    val = torch.cat([torch.where(inside_c, d2_c, torch.zeros_like(d2_c)),
+                     torch.where(depth_b > 0, depth_b ** 2, torch.zeros_like(depth_b))], -1)
+    return (val.amax(-1) * keep).sum(-1)
 
 
 def pairs_per_rank(k: int, device) -> float:
@@ -210,7 +353,9 @@ class SetCriterion(nn.Module):
         self.register_buffer("joint_lower", torch.as_tensor(joint_lower, dtype=torch.float32).flatten().clone())
         self.register_buffer("joint_upper", torch.as_tensor(joint_upper, dtype=torch.float32).flatten().clone())
         self.t_range = float(t_range)
+        self.cfg.check()
         self._surf_idx = None
+        self._palmar = None  # PalmarGeometry of the hand, built on first use (pen_form 'squared')
 
     def _surface(self, rot, t, q) -> torch.Tensor:
         """(K, n, 3) hand surface samples for the chamfer term, n = min(chamfer_points, the hand's count)."""
@@ -270,58 +415,91 @@ class SetCriterion(nn.Module):
                       for b, a in enumerate(static_assignment)]
 
         layers = [outputs] + (list(outputs.get("aux", [])) if self.cfg.aux else [])
-        total, logs, final_matches, norm = 0.0, {}, None, None
-        for li, layer in enumerate(layers):
-            matches = static if static is not None else hungarian_match(layer, gts, self.cfg.matcher)
-            if norm is None:  # K is the same in every layer: Σ_b min(Q, M_b) (Hungarian) or the static pairs
-                k = sum(len(m[0]) for m in matches)
-                norm = pairs_per_rank(k, outputs["translation"].device) if self.distributed else float(max(k, 1))
-            terms = self.layer_terms(layer, gts, matches, weights, points, norm)
+        matches = [static if static is not None else hungarian_match(layer, gts, self.cfg.matcher) for layer in layers]
+        # K is the same in every layer: Σ_b min(Q, M_b) (Hungarian) or the static pairs
+        k = sum(len(m[0]) for m in matches[0])
+        norm = pairs_per_rank(k, outputs["translation"].device) if self.distributed else float(max(k, 1))
+        total, logs = 0.0, {}
+        for li, terms in enumerate(self.all_layer_terms(layers, gts, matches, weights, points, norm)):
             loss = sum(weights[k] * v for k, v in terms.items())
             total = total + loss
             if li == 0:
-                final_matches = matches
                 logs = {k: float(v.detach()) for k, v in terms.items()}
                 logs["loss_final"] = float(loss.detach())
-                logs["matched"] = float(sum(len(m[0]) for m in matches))
+                logs["matched"] = float(k)
         logs["loss"] = float(total.detach())
         logs["loss_aux"] = logs["loss"] - logs["loss_final"]
-        return total, logs, [to_query_assignment(m, Q) for m in final_matches]
+        return total, logs, [to_query_assignment(m, Q) for m in matches[0]]
 
     def layer_terms(self, pred: dict, gts: list[dict], matches, weights: dict, points,
                     norm: float | None = None) -> dict[str, torch.Tensor]:
         """Unweighted loss terms of one layer: each one's sum over the K matched pairs / ``norm`` (default K: the
         mean; zero when K = 0)."""
-        dev = pred["quaternion"].device
-        bidx = torch.cat([torch.full_like(p, b) for b, (p, _) in enumerate(matches)]).to(dev)
-        pidx = torch.cat([p for p, _ in matches]).to(dev)
-        K = int(bidx.numel())
+        return self.all_layer_terms([pred], gts, [matches], weights, points, norm)[0]
+
+    def all_layer_terms(self, layers: list[dict], gts: list[dict], matches: list, weights: dict, points,
+                        norm: float | None = None) -> list[dict[str, torch.Tensor]]:
+        """``layer_terms`` of every layer (``matches[l]`` for ``layers[l]``), the hand terms of all layers batched:
+        one kinematics call per point set for the L·K matched poses, each ground-truth hand posed and indexed once
+        however many layers it is matched in, each object cloud indexed once for all its hands."""
+        dev = layers[0]["quaternion"].device
+        idx = []
+        for m in matches:
+            bidx = torch.cat([torch.full_like(p, b) for b, (p, _) in enumerate(m)]).to(dev)
+            idx.append((bidx, torch.cat([p for p, _ in m]).to(dev), torch.cat([g for _, g in m]).to(dev)))
+        K = int(idx[0][0].numel())
         norm = float(K) if norm is None else norm
         mean = lambda x: x.sum() / norm  # == x.mean() bit for bit when norm = K (CPU)
         if K == 0:  # keep the graph connected so backward() works on a batch without ground truth
-            zero = pred["translation_norm"].sum() * 0
-            return {k: zero for k, w in weights.items() if w > 0 or k in ("trans", "joints", "rot")}
-        P = {k: pred[k][bidx, pidx] for k in ("translation_norm", "joints_norm", "quaternion", "rotation",
-                                               "translation", "joints")}
-        G = {k: torch.cat([gts[b][k][g] for b, (_, g) in enumerate(matches)]) for k in P}
-
+            out = []
+            for pred in layers:
+                zero = pred["translation_norm"].sum() * 0
+                out.append({k: zero for k, w in weights.items() if w > 0 or k in ("trans", "joints", "rot")})
+            return out
+        keys = ("translation_norm", "joints_norm", "quaternion", "rotation", "translation", "joints")
         beta = self.cfg.smooth_l1_beta
         sl1 = lambda a, b: F.smooth_l1_loss(a, b, reduction="none", beta=beta).sum(-1)
-        terms = {
-            "trans": mean(sl1(P["translation_norm"], G["translation_norm"])),
-            "joints": mean(sl1(P["joints_norm"], G["joints_norm"])),
-            "rot": mean(1 - (P["quaternion"] * G["quaternion"]).sum(-1).abs()),
-        }
-        pose = (P["rotation"], P["translation"], P["joints"])
+        out, P, G = [], [], []
+        for pred, m, (bidx, pidx, _) in zip(layers, matches, idx):
+            p = {k: pred[k][bidx, pidx] for k in keys}
+            gt = {k: torch.cat([gts[b][k][g] for b, (_, g) in enumerate(m)]) for k in keys}
+            out.append({"trans": mean(sl1(p["translation_norm"], gt["translation_norm"])),
+                        "joints": mean(sl1(p["joints_norm"], gt["joints_norm"])),
+                        "rot": mean(1 - (p["quaternion"] * gt["quaternion"]).sum(-1).abs())})
+            P.append(p)
+        L = len(layers)
+        if not any(weights[k] > 0 for k in HAND_TERMS):
+            return out
+        pose = tuple(torch.cat([p[k] for p in P]) for k in ("rotation", "translation", "joints"))  # (L·K, ...)
+        bidx_all = torch.cat([i[0] for i in idx])
+        per_layer = lambda v: [mean(c) for c in v.split(K)]
+        hand_terms = {}
         if weights["chamfer"] > 0:
+            # ground-truth hands: each distinct (object, grasp) matched in any layer, posed once
+            M = 1 + max(int(gt["joints"].shape[0]) for gt in gts)
+            key = torch.cat([i[0] * M + i[2] for i in idx])
+            uniq, inverse = torch.unique(key, return_inverse=True)
+            ub, ug = uniq // M, uniq % M
             with torch.no_grad():
-                gt_surface = self._surface(G["rotation"], G["translation"], G["joints"])
-            terms["chamfer"] = gt_surface.shape[1] * mean(chamfer(self._surface(*pose), gt_surface))
+                gpose = [torch.stack([gts[int(b)][k][int(g)] for b, g in zip(ub, ug)])
+                         for k in ("rotation", "translation", "joints")]
+                gt_surface = self._surface(*gpose)
+            hand_terms["chamfer"] = [gt_surface.shape[1] * v for v in
+                                     per_layer(chamfer(self._surface(*pose), gt_surface, inverse))]
         if weights["spen"] > 0:
-            terms["spen"] = mean(self.hand.self_penetration(*pose))
+            hand_terms["spen"] = per_layer(self.hand.self_penetration(*pose))
         if weights["pen"] > 0:
-            terms["pen"] = mean(self.hand.penetration(*pose, points[bidx]))
+            if self.cfg.pen_form == "squared":
+                if self._palmar is None or self._palmar.r.device != points.device:
+                    self._palmar = PalmarGeometry(self.hand, points.dtype, points.device)
+                pen = palmar_penetration(self.hand, *pose, points[bidx_all], self._palmar)
+            else:
+                pen = self.hand.penetration(*pose, points[bidx_all])
+            hand_terms["pen"] = per_layer(pen)
         if weights["dist"] > 0:
-            terms["dist"] = mean(vanilla_distance(self.hand.contact_candidates(*pose), points[bidx],
-                                                  self.cfg.dist_tau))
-        return terms
+            hand_terms["dist"] = per_layer(vanilla_distance(self.hand.contact_candidates(*pose), points,
+                                                            self.cfg.dist_tau, bidx_all))
+        for name, vals in hand_terms.items():
+            for li in range(L):
+                out[li][name] = vals[li]
+        return out

@@ -62,9 +62,10 @@ from .tta import TTAConfig
 
 __all__ = ["TrainSettings", "TrainConfig", "train", "read_checkpoint", "load_weights", "entry_key", "stage_of",
            "matching_instability", "record_static_assignment", "validate", "add_train_args", "run_train",
-           "config_diff", "GlobalBatchNorm", "global_batchnorm"]
+           "config_diff", "GlobalBatchNorm", "global_batchnorm", "random_rotations", "rotate_batch"]
 
 CHECKPOINT_FORMAT = "dgtr-checkpoint-v1"
+AUGMENT_ROTATIONS = ("none", "z", "so3")
 
 
 @dataclass
@@ -82,6 +83,9 @@ class TrainSettings:
     grad_clip: float = 1.0        # max global gradient norm; 0 = off
     seed: int = 0
     min_grasps: int = 1           # (object, scale) entries with fewer grasps are skipped
+    augment_rotation: str = "none"  # random rotation of each training cloud with its grasps: 'none', 'z' (about the
+    #                               object's z axis) or 'so3' (uniform); validation stays in the object frame
+    n_clouds: int = 1             # point clouds sampled per object; each epoch uses one of them (1: the same cloud)
     num_workers: int = 0          # DataLoader workers (clouds are precomputed in memory: 0 is fine on a CPU)
     val_every: int = 1            # validate every N epochs (and after the last); 0 = never
     val_metric_objects: int = 16  # entries whose 16 grasps get the (costly) penetration metric
@@ -115,6 +119,11 @@ class TrainConfig:
             raise InputError(f"train.checkpoint_every: need >= 1, got {s.checkpoint_every}")
         if s.batch_size < 1 or s.lr <= 0 or s.weight_decay < 0 or s.grad_clip < 0 or s.num_workers < 0:
             raise InputError("train: need batch_size >= 1, lr > 0, weight_decay >= 0, grad_clip >= 0, num_workers >= 0")
+        if s.augment_rotation not in AUGMENT_ROTATIONS:
+            raise InputError(f"train.augment_rotation: expected one of {AUGMENT_ROTATIONS}, got {s.augment_rotation!r}")
+        if s.n_clouds < 1:
+            raise InputError(f"train.n_clouds: need >= 1, got {s.n_clouds}")
+        self.loss.check()
         if s.lr_schedule not in ("stage", "run"):
             raise InputError(f"train.lr_schedule: expected 'stage' or 'run', got {s.lr_schedule!r}")
         if self.model.n_points < MIN_POINTS:
@@ -348,25 +357,51 @@ def global_batchnorm(module: torch.nn.Module) -> torch.nn.Module:
 
 
 # ------------------------------------------------------------------------------------------------ data
-def _datasets(cfg: TrainConfig, root: Path):
-    from .data import GraspDataset, read_splits
+def _datasets(cfg: TrainConfig, root: Path, meshes=None, cache=None, progress: bool = False):
+    from .data import GraspDataset, grasp_folder, read_splits
 
     if not root.is_dir():
         raise MissingFileError(f"--data: folder not found: {root}")
-    if not (root / "dataset").is_dir():
-        raise MissingFileError(f"--data {root}: no dataset/ folder of <code>.npy grasp files (DexGraspNet layout)")
+    try:
+        grasp_folder(root)
+    except MissingFileError:
+        raise MissingFileError(f"--data {root}: no grasp files (expected dataset/<code>.npy (DexGraspNet layout) or "
+                               "grasps/<code>.npy (compact layout))") from None
+    if meshes is not None:
+        meshes = Path(meshes)
+        if not meshes.is_dir():
+            raise MissingFileError(f"--meshes: folder not found: {meshes}")
+    elif not (root / "meshdata").is_dir():
+        raise MissingFileError(f"--data {root}: no meshdata/ folder beside the grasps: give the object meshes with "
+                               f"--meshes DIR{_manifest_hint(root)}")
     splits = read_splits(root)
     s = cfg.train
     if not splits.get("train"):
         raise InputError(f"--data {root}: the train split is empty")
-    train_ds = GraspDataset(root, "train", n_points=cfg.model.n_points, min_grasps=s.min_grasps, seed=s.seed)
+    kw = dict(n_points=cfg.model.n_points, min_grasps=s.min_grasps, seed=s.seed, meshes=meshes, cache=cache,
+              progress=progress)
+    train_ds = GraspDataset(root, "train", n_clouds=s.n_clouds, **kw)
     if len(train_ds) == 0:
         raise InputError(f"--data {root}: no train entry has >= {s.min_grasps} grasps (train.min_grasps)")
     val_ds = None
     if splits.get("val"):
-        val_ds = GraspDataset(root, "val", n_points=cfg.model.n_points, min_grasps=s.min_grasps, seed=s.seed)
+        val_ds = GraspDataset(root, "val", **kw)
         val_ds = val_ds if len(val_ds) else None
+    if progress:
+        missing = train_ds.n_missing + (val_ds.n_missing if val_ds is not None else 0)
+        print(f"dgtr train: {len(train_ds)} train entries ({len(train_ds.clouds)} objects), "
+              f"{len(val_ds or [])} val entries" + (f"; {missing} split objects have no grasp file yet" if missing
+                                                     else ""), file=sys.stderr, flush=True)
     return train_ds, val_ds
+
+
+def _manifest_hint(root: Path) -> str:
+    """' (its manifest.json names the mesh source X)' for a dataset made by ``dgtr synth`` with layout compact."""
+    try:
+        src = json.loads((root / "manifest.json").read_text()).get("sources") or []
+    except (OSError, ValueError, AttributeError):
+        return ""
+    return f" (its manifest.json names the mesh source {src[0]})" if src else ""
 
 
 def _loader(ds, batch: int, d: _Dist, shuffle: bool, seed: int, epoch: int, workers: int):
@@ -389,6 +424,31 @@ def _targets(batch: dict, device) -> list[dict]:
 
 def _keys(batch: dict) -> list[str]:
     return [entry_key(c, s) for c, s in zip(batch["code"], batch["scale"])]
+
+
+def random_rotations(n: int, mode: str, generator: torch.Generator) -> torch.Tensor:
+    """(n, 3, 3) random rotations: 'so3' uniform (Haar: normalised Gaussian quaternions), 'z' about the z axis by a
+    uniform angle, 'none' identities."""
+    from .rotations import matrix_from_axis_angle, matrix_from_quaternion
+
+    if mode == "so3":
+        return matrix_from_quaternion(torch.randn(n, 4, generator=generator, dtype=torch.float64)).float()
+    if mode == "z":
+        angle = (torch.rand(n, generator=generator, dtype=torch.float64) * 2 - 1) * math.pi
+        return matrix_from_axis_angle(torch.stack([torch.zeros_like(angle), torch.zeros_like(angle), angle], -1)).float()
+    if mode == "none":
+        return torch.eye(3).expand(n, 3, 3).clone()
+    raise InputError(f"rotation augmentation: expected one of {AUGMENT_ROTATIONS}, got {mode!r}")
+
+
+def rotate_batch(batch: dict, R: torch.Tensor) -> dict:
+    """The batch turned about each object's origin by R (B, 3, 3): clouds p → R p, grasps (R_g, t) → (R R_g, R t),
+    joints unchanged, so every hand keeps its place on its object (R_g x + t → R (R_g x + t))."""
+    out = dict(batch)
+    out["points"] = batch["points"] @ R.transpose(1, 2).to(batch["points"])
+    out["rotation"] = [R[b].to(r) @ r for b, r in enumerate(batch["rotation"])]
+    out["translation"] = [t @ R[b].T.to(t) for b, t in enumerate(batch["translation"])]
+    return out
 
 
 # --------------------------------------------------------------------------------------------- schedule
@@ -517,7 +577,11 @@ def _run_epoch(model, criterion, opt, sched, loader, stage: str, static, cfg: Tr
     model.train()
     sums, count, assign = defaultdict(float), 0, {}
     bar = tqdm(loader, desc=desc, leave=False, disable=not (main and s.progress), dynamic_ncols=True)
+    rank = dist.get_rank() if dist.is_initialized() else 0
     for batch in bar:
+        if s.augment_rotation != "none":  # a function of (seed, step, rank): a resumed epoch sees the same rotations
+            gen = torch.Generator().manual_seed(s.seed * 1_000_003 + 7919 * rank + step)
+            batch = rotate_batch(batch, random_rotations(len(batch["code"]), s.augment_rotation, gen))
         pts = batch["points"].to(dev)
         keys = _keys(batch)
         pred = model(pts)
@@ -545,12 +609,16 @@ def _run_epoch(model, criterion, opt, sched, loader, stage: str, static, cfg: Tr
 
 
 # ------------------------------------------------------------------------------------------------- training
-def train(cfg: TrainConfig, data, out, resume: bool = False, device: str = "cpu", max_epochs: int | None = None):
+def train(cfg: TrainConfig, data, out, resume: bool = False, device: str = "cpu", max_epochs: int | None = None,
+          meshes=None, cloud_cache=None):
     """Run (or continue) DSMT.  Returns the trained model (unwrapped, on ``device``).
 
-    data: DexGraspNet-layout folder (``dataset/``, ``meshdata/``, ``splits.json``); out: run folder (checked writable
+    data: grasp set folder: DexGraspNet layout (``dataset/``, ``meshdata/``) or compact (``grasps/``), with
+    ``splits.json``; meshes: the object meshes (default ``data/meshdata``); out: run folder (checked writable
     first); max_epochs (>= 1): stop after this many epochs of this invocation (continue later with ``resume=True``).
     resume: continue the run in ``out``; ``cfg`` must equal its config (but ``RESUME_FREE``).
+    cloud_cache: folder of the sampled object clouds (default ``out/clouds``; share one between runs on the same data
+    and meshes to sample once).
     """
     from .cli import check_out_dir
     from .hand import get_hand
@@ -582,7 +650,8 @@ def train(cfg: TrainConfig, data, out, resume: bool = False, device: str = "cpu"
     random.seed(s.seed)
     np.random.seed(s.seed)
     torch.manual_seed(s.seed)
-    train_ds, val_ds = _datasets(cfg, data)
+    train_ds, val_ds = _datasets(cfg, data, meshes, Path(cloud_cache) if cloud_cache else out / "clouds",
+                                 progress=d.main)
     hand = get_hand(dev)
     model = build_model(cfg.model, hand.joint_lower.cpu(), hand.joint_upper.cpu()).to(dev)
     criterion = SetCriterion(cfg.loss, hand, t_range=cfg.model.t_range, distributed=d.world > 1).to(dev)
@@ -640,6 +709,7 @@ def train(cfg: TrainConfig, data, out, resume: bool = False, device: str = "cpu"
         for epoch in range(start_epoch, last):
             stage = stage_of(cfg, epoch)
             t_epoch = time.perf_counter()
+            train_ds.set_epoch(epoch)  # this epoch's clouds (train.n_clouds), also for the static assignment pass
             if stage != "dmt" and static is None:
                 static = record_static_assignment(core, criterion, train_ds, cfg, d, dev)
                 if d.main:
@@ -703,7 +773,12 @@ def train(cfg: TrainConfig, data, out, resume: bool = False, device: str = "cpu"
 def add_train_args(p: argparse.ArgumentParser) -> None:
     from .cli import positive_int
 
-    p.add_argument("--data", required=True, help="DexGraspNet-layout folder: dataset/, meshdata/, splits.json")
+    p.add_argument("--data", required=True, help="grasp set folder: dataset/ (DexGraspNet) or grasps/ (compact), "
+                                                 "splits.json; meshdata/ unless --meshes")
+    p.add_argument("--meshes", help="object mesh folder (DexGraspNet meshdata/ or <code>.<ext> files; default "
+                                    "DATA/meshdata)")
+    p.add_argument("--cloud-cache", help="folder for the sampled object clouds (default OUT/clouds); one per data "
+                                         "and mesh folder, shared by runs")
     p.add_argument("--out", required=True, help="run folder (checkpoint.pt, config.yaml, tb/, summary.json)")
     p.add_argument("--config", help="YAML run config (default: built-in defaults = configs/default.yaml; "
                                     "with --resume: the run's config.yaml)")
@@ -721,7 +796,8 @@ def run_train(args) -> int:
         cfg_file = run_cfg
     cfg = config_mod.load(TrainConfig, cfg_file, args.overrides)
     try:
-        train(cfg, args.data, args.out, resume=args.resume, device=args.device, max_epochs=args.max_epochs)
+        train(cfg, args.data, args.out, resume=args.resume, device=args.device, max_epochs=args.max_epochs,
+              meshes=args.meshes, cloud_cache=args.cloud_cache)
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()

@@ -195,3 +195,42 @@ def test_convert_h5_and_bad_inputs(tmp_path, capsys):
     np.save(tmp_path / "c" / "grasps" / "z.npy", np.zeros((3, 28), np.float32))
     with pytest.raises(FileFormatError, match="z.npy"):
         load_grasps(tmp_path / "c" / "grasps" / "z.npy")
+
+
+# ------------------------------------------------------------------------------ training clouds: pool and cache
+def test_cloud_pool_per_epoch_and_cache(tmp_path, monkeypatch):
+    import trimesh
+
+    import dgtr.objects
+    from dgtr.data import GraspDataset
+
+    meshes = tmp_path / "meshes"
+    meshes.mkdir()
+    codes = [f"box{i}" for i in range(6)]
+    for i, c in enumerate(codes):
+        trimesh.creation.box((0.5 + 0.1 * i, 0.8, 0.6)).export(meshes / f"{c}.obj")
+        save_grasps(tmp_path / "data" / "grasps" / f"{c}.npy", _random_set(4, i), compact=True)
+    one = GraspDataset(tmp_path / "data", codes=codes, n_points=128, meshes=meshes)
+    pool = GraspDataset(tmp_path / "data", codes=codes, n_points=128, meshes=meshes, n_clouds=3,
+                        cache=tmp_path / "cache")
+    assert len(pool) == len(one) > 0
+    # epoch 0: cloud 0 of every object, the cloud of a one-cloud dataset (same seed)
+    assert all(torch.equal(pool[i]["points"], one[i]["points"]) for i in range(len(one)))
+    assert all(not np.allclose(pool.clouds[c][0], pool.clouds[c][k]) for c in codes for k in (1, 2))
+    picks = []
+    for e in range(1, 6):
+        pool.set_epoch(e)
+        picks.append([pool.cloud_index(c) for c in codes])
+        i = next(i for i, (c, _, _) in enumerate(pool.entries) if c == codes[0])
+        want = pool.clouds[codes[0]][picks[-1][0]] * np.float32(pool.entries[i][1])
+        assert torch.equal(pool[i]["points"], torch.from_numpy(want))
+    assert len({k for p in picks for k in p}) == 3  # every cloud of the pool is used
+    pool.set_epoch(3)
+    assert [pool.cloud_index(c) for c in codes] == picks[2]  # a function of (seed, epoch, object): resumable
+    # cached: a second dataset does not sample (nor load a mesh) again, and reads the same clouds
+    monkeypatch.setattr(dgtr.objects, "load_object", lambda *a, **k: pytest.fail("sampled again"))
+    again = GraspDataset(tmp_path / "data", codes=codes, n_points=128, meshes=meshes, n_clouds=2,
+                         cache=tmp_path / "cache")
+    assert all(np.array_equal(again.clouds[c], pool.clouds[c][:2]) for c in codes)
+    with pytest.raises(InputError, match="n_clouds"):
+        GraspDataset(tmp_path / "data", codes=codes, meshes=meshes, n_clouds=0)

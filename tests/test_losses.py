@@ -291,3 +291,105 @@ def test_chamfer_subset_keeps_link_shares():
     assert (part - full).abs().max() < 2 / 1024 + 1e-9  # each link's share of the samples is kept
     assert torch.equal(SetCriterion(LossConfig(chamfer_points=10 ** 6), hand)._surface(R, t, q),
                        hand.surface_points(R, t, q))
+
+
+# ------------------------------------------------------------------------------- the authors' squared penetration
+def _palmar_brute(hand, rot, t, q, points):
+    """palmar_penetration written out plainly: every point × every primitive, link frames from link_transforms."""
+    from dgtr.rotations import matrix_from_quaternion
+
+    T = hand.link_transforms(rot, t, q)                                     # (K, L, 4, 4)
+    out = torch.zeros(points.shape[:2])
+    for p in hand.primitives:
+        li = hand.link_names.index(p.link)
+        Rp = T[:, li, :3, :3] @ matrix_from_quaternion(torch.as_tensor(p.quat, dtype=torch.float32))
+        c = T[:, li, :3, 3] + (T[:, li, :3, :3] @ torch.as_tensor(p.pos, dtype=torch.float32))
+        x = torch.einsum("kpi,kij->kpj", points - c[:, None], Rp)           # primitive coordinates
+        if p.kind == "capsule":
+            r, h = float(p.size[0]), float(p.size[1])
+            zc = x[..., 2].clamp(-h, h)
+            inside = x[..., 0] ** 2 + x[..., 1] ** 2 + (x[..., 2] - zc) ** 2 < r * r
+            o = (-r, 0.0) if p.link.split(":")[1].startswith("th") else (0.0, -r)
+            val = (x[..., 0] - o[0]) ** 2 + (x[..., 1] - o[1]) ** 2 + (x[..., 2] - zc) ** 2
+        else:
+            depth = (torch.as_tensor(p.size, dtype=torch.float32) - x.abs()).amin(-1)
+            inside, val = depth > 0, depth ** 2
+        out = torch.maximum(out, torch.where(inside, val, torch.zeros_like(val)))
+    return out.sum(-1)
+
+
+def test_squared_penetration_matches_its_definition():
+    from dgtr.losses import palmar_penetration
+
+    hand = get_hand()
+    g = torch.Generator().manual_seed(0)
+    K = 6
+    rot = matrix_from_quaternion(F.normalize(torch.randn(K, 4, generator=g), dim=-1))
+    t = torch.randn(K, 3, generator=g) * 0.02
+    q = LOWER + torch.rand(K, J, generator=g) * (UPPER - LOWER)
+    pts = (torch.rand(K, 3000, 3, generator=g) - 0.5) * 0.25              # many points inside the hand
+    t.requires_grad_(True)
+    val = palmar_penetration(hand, rot, t, q, pts)
+    ref = _palmar_brute(hand, rot, t, q, pts)
+    assert (ref > 0).all()
+    torch.testing.assert_close(val, ref, rtol=1e-4, atol=1e-9)
+    (g1,) = torch.autograd.grad(val.sum(), t)
+    (g2,) = torch.autograd.grad(ref.sum(), t)
+    torch.testing.assert_close(g1, g2, rtol=1e-3, atol=1e-8)
+    # its scale: a point 1 mm under the palmar face of a distal phalanx costs ~(1 mm)², one 1 mm under the back of
+    # it ~(2r - 1 mm)²; the linear form charges 1 mm for both
+    p = next(p for p in hand.primitives if p.link == "robot0:ffdistal")
+    r = float(p.size[0])
+    T = hand.link_transforms(torch.eye(3)[None], torch.zeros(1, 3), q[:1])[0, hand.link_names.index(p.link)]
+    local = torch.tensor([[0.0, -r + 1e-3, float(p.pos[2])], [0.0, r - 1e-3, float(p.pos[2])]])
+    x = (local @ T[:3, :3].T + T[:3, 3])                                     # the phalanx's frame is the capsule's
+    one = lambda y: palmar_penetration(hand, torch.eye(3)[None], torch.zeros(1, 3), q[:1], y[None, None]).item()
+    assert one(x[0]) == pytest.approx(1e-6, rel=1e-2) and one(x[1]) == pytest.approx((2 * r - 1e-3) ** 2, rel=1e-2)
+    lin = hand.penetration(torch.eye(3)[None].expand(2, 3, 3), torch.zeros(2, 3), q[:1].expand(2, -1), x[:, None])
+    torch.testing.assert_close(lin, torch.full((2,), 1e-3), rtol=1e-3, atol=1e-7)
+
+
+def test_pen_form_option():
+    hand = get_hand()
+    with pytest.raises(InputError, match="pen_form"):
+        SetCriterion(LossConfig(pen_form="cubic"), hand)
+    pts = cloud(1, 512)
+    g = random_gt(3, 9, near=pts[0])
+    n = normalise_targets(g, LOWER, UPPER, 0.22)
+    keys = ("rotation", "quaternion", "translation", "joints", "joints_norm", "translation_norm")
+    pred = {k: n[k][None] for k in keys}
+    static = [torch.arange(3).numpy()]
+    logs = {f: SetCriterion(LossConfig(aux=False, pen_form=f), hand)(pred, [g], static, "smpt", pts)[1]
+            for f in ("linear", "squared")}
+    from dgtr.losses import palmar_penetration
+    want = palmar_penetration(hand, n["rotation"], n["translation"], n["joints"], pts.expand(3, -1, -1)).mean()
+    assert logs["squared"]["pen"] == pytest.approx(float(want), rel=1e-5) and logs["squared"]["pen"] > 0
+    assert logs["linear"]["pen"] > 10 * logs["squared"]["pen"]  # m vs m² at mm depths
+
+
+# -------------------------------------------------------------------------- speed paths keep the values exactly
+def test_batched_hand_terms_equal_per_layer_terms(model):
+    """all_layer_terms (hand terms of all layers in one call, shared ground-truth and object k-d trees, threads)
+    gives each layer exactly what layer_terms computes for that layer alone."""
+    hand = get_hand()
+    crit = SetCriterion(LossConfig(), hand, t_range=0.22)
+    pts = cloud(2, 512)
+    h = torch.randn(2, 8, 64, generator=torch.Generator().manual_seed(1))
+    out = outputs_from_features(model, h)
+    out["aux"] = [model.heads(h * s) for s in (0.5, 0.8)]
+    gts = [random_gt(5, 10, near=pts[0]), random_gt(11, 11, near=pts[1])]
+    layers = [out] + out["aux"]
+    weights = crit.cfg.weights("smpt")
+    gts_p = crit.prepare_targets(gts, torch.float32, "cpu")
+    from dgtr.matcher import hungarian_match
+    matches = [hungarian_match(layer, gts_p) for layer in layers]   # different matches per layer
+    torch.set_num_threads(2)
+    try:
+        batched = crit.all_layer_terms(layers, gts_p, matches, weights, pts)
+    finally:
+        torch.set_num_threads(1)
+    for layer, m, terms in zip(layers, matches, batched):
+        alone = crit.layer_terms(layer, gts_p, m, weights, pts)
+        assert terms.keys() == alone.keys() == {"trans", "joints", "rot", "chamfer", "spen", "pen", "dist"}
+        for k in terms:
+            torch.testing.assert_close(terms[k], alone[k], rtol=1e-6, atol=1e-9)

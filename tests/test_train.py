@@ -444,3 +444,132 @@ def test_default_checkpoint_config_still_loads():
     ck = read_checkpoint(DEFAULT_CHECKPOINT)
     assert ck["config"]["train"]["n_points"] == 4096  # the old key (until the checkpoint is re-exported)
     assert config_from_checkpoint(ck).model.n_points == ck["config"]["model"]["n_points"] == 4096
+
+
+# ------------------------------------------------------------------------------- speed work keeps the losses
+def test_seeded_run_losses_unchanged_by_the_speed_work(tmp_path):
+    """Issue 15 item 3: the batched/threaded loss path trains like the per-layer one it replaced.  The numbers are the
+    per-epoch training and validation losses of this seeded 4-epoch run (2 DMT, 1 SMW, 1 SMPT) at commit 0b456e9
+    (before the speed work); now they must agree within float noise."""
+    before = [[30.379295349121094, 28.307241439819336], [24.615320205688477, 24.236648559570312],
+              [22.64320468902588, 20.33318328857422], [38.56814384460449, 18.457012176513672]]
+    data = make_dataset(tmp_path / "data")
+    train(tiny_config(epochs_dmt=2, epochs_smw=1, epochs_smpt=1), data, tmp_path / "run")
+    hist = json.loads((tmp_path / "run" / "summary.json").read_text())["epochs"]
+    now = [[e["train"]["loss"], e["val"]["val_loss"]] for e in hist]
+    np.testing.assert_allclose(now, before, rtol=1e-4)
+
+
+# --------------------------------------------------------------------------- augmentation, clouds, meshes, resume
+def test_rotated_batch_keeps_hands_on_objects_and_losses():
+    from dgtr.losses import LossConfig, SetCriterion
+    from dgtr.train import random_rotations, rotate_batch
+
+    hand = get_hand()
+    g = torch.Generator().manual_seed(0)
+    for mode in ("z", "so3"):
+        R = random_rotations(64, mode, torch.Generator().manual_seed(1))
+        torch.testing.assert_close(R @ R.transpose(1, 2), torch.eye(3).expand(64, 3, 3), atol=1e-6, rtol=0)
+        torch.testing.assert_close(torch.linalg.det(R), torch.ones(64), atol=1e-6, rtol=0)
+        if mode == "z":
+            torch.testing.assert_close(R[:, 2], torch.tensor([0.0, 0, 1]).expand(64, 3))
+        else:  # spread over SO(3), not about one axis
+            assert R[:, 2, 2].min() < -0.5 and R[:, 2, 2].max() > 0.5
+    # targets stay consistent: the rotated grasp's hand points are the rotated hand points
+    gs = place_grasps(0.5, 0.1, 5, seed=3)
+    pts = torch.randn(2, 100, 3, generator=g) * 0.05
+    batch = {"points": pts, "rotation": [gs.rotation.float()] * 2, "translation": [gs.translation.float()] * 2,
+             "joints": [gs.joints.float()] * 2, "code": ["a", "b"]}
+    R = random_rotations(2, "so3", g)
+    rb = rotate_batch(batch, R)
+    torch.testing.assert_close(rb["points"], pts @ R.transpose(1, 2))
+    for b in range(2):
+        before = hand.surface_points(batch["rotation"][b], batch["translation"][b], batch["joints"][b])
+        after = hand.surface_points(rb["rotation"][b], rb["translation"][b], rb["joints"][b])
+        torch.testing.assert_close(after, before @ R[b].T, atol=1e-6, rtol=0)
+        assert torch.equal(rb["joints"][b], batch["joints"][b])
+    # rotation-equivariance of the loss: rotate the predictions with the batch.  A quarter turn about z permutes the
+    # translation axes (the L1 terms and the matching are invariant to it): every term and the total are unchanged;
+    # a general rotation changes only the per-axis translation terms
+    crit = SetCriterion(LossConfig(), hand, t_range=0.22)
+    gts = [{k: batch[k][b] for k in ("rotation", "translation", "joints")} for b in range(2)]
+    cloud = torch.cat([hand.surface_points(*(x[:2] for x in (gts[b]["rotation"], gts[b]["translation"],
+                                                                gts[b]["joints"]))).reshape(1, -1, 3)
+                       for b in range(2)])[:, ::4] * 0.9  # object points near the hands: pen and dist > 0
+    noise = torch.Generator().manual_seed(5)
+    pred_t = [gts[b]["translation"] + 0.01 * torch.randn(5, 3, generator=noise) for b in range(2)]
+    pred_q = [gts[b]["joints"] + 0.1 * torch.randn(5, 22, generator=noise) for b in range(2)]
+
+    def outputs(rot):
+        from dgtr.losses import normalise_targets
+        d = [normalise_targets({"rotation": rot[b] @ gts[b]["rotation"], "translation": pred_t[b] @ rot[b].T,
+                                "joints": pred_q[b]}, hand.joint_lower, hand.joint_upper, 0.22) for b in range(2)]
+        return {k: torch.stack([x[k] for x in d]) for k in d[0]}
+
+    def targets(rot):
+        return [{"rotation": rot[b] @ gts[b]["rotation"], "translation": gts[b]["translation"] @ rot[b].T,
+                 "joints": gts[b]["joints"]} for b in range(2)]
+
+    quarter = torch.tensor([[0.0, -1, 0], [1, 0, 0], [0, 0, 1]]).expand(2, 3, 3)
+    eye = torch.eye(3).expand(2, 3, 3)
+    for stage, static in (("dmt", None), ("smpt", [np.array([0, 1, 2, 3, 4])] * 2)):
+        base = crit(outputs(eye), targets(eye), static, stage, cloud)[1]
+        turned = crit(outputs(quarter), targets(quarter), static, stage, cloud @ quarter.transpose(1, 2))[1]
+        general = crit(outputs(R), targets(R), static, stage, cloud @ R.transpose(1, 2))[1]
+        if stage == "smpt":
+            assert base["pen"] > 0 and base["dist"] > 0
+        for k, v in base.items():
+            assert turned[k] == pytest.approx(v, rel=1e-4, abs=1e-6), (stage, k)
+            if k not in ("trans", "loss", "loss_final", "loss_aux"):
+                assert general[k] == pytest.approx(v, rel=1e-4, abs=1e-6), (stage, k)
+
+
+def test_training_with_rotations_and_cloud_pool_resumes_after_a_crash(dataset, tmp_path, monkeypatch):
+    """Issue 14 acceptance: a run killed in the middle of an epoch (here: an exception at its 2nd step) and resumed
+    with --resume loses only that epoch and ends with the weights of an uninterrupted run, bit for bit, also with
+    random rotations and per-epoch clouds (both functions of the seed and the step/epoch)."""
+    import dgtr.losses as L
+
+    cfg = tiny_config(epochs_dmt=2, epochs_smw=1, epochs_smpt=1, augment_rotation="so3", n_clouds=3)
+    full = weights(train(cfg, dataset, tmp_path / "a"))
+    calls, forward = [0], L.SetCriterion.forward
+
+    def crash(self, *a, **k):
+        calls[0] += 1
+        if calls[0] == 8:  # 2 training steps + 1 validation batch per epoch: the 2nd step of epoch 3 (SMW, after
+            raise KeyboardInterrupt("killed")  # the static assignment pass)
+        return forward(self, *a, **k)
+
+    monkeypatch.setattr(L.SetCriterion, "forward", crash)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, dataset, tmp_path / "b")
+    monkeypatch.setattr(L.SetCriterion, "forward", forward)
+    ck = read_checkpoint(tmp_path / "b" / "checkpoint.pt")
+    assert ck["epoch"] == 2  # the finished epochs are kept; the interrupted one is redone
+    resumed = weights(train(cfg, dataset, tmp_path / "b", resume=True))
+    for k in full:
+        assert torch.equal(full[k], resumed[k]), k
+    # the clouds were sampled once and cached in the run: 3 per train object, 1 per val object
+    cache = {f.stem: np.load(f).shape for f in (tmp_path / "a" / "clouds").rglob("*.npy")}
+    assert cache == {"box_a": (3, 256, 3), "cyl_b": (3, 256, 3), "box_c": (1, 256, 3)}
+
+
+def test_meshes_folder_and_compact_layout(tmp_path, capsys):
+    """--meshes: grasps in the compact layout (grasps/<code>.npy) with the meshes elsewhere, as data/dexgraspnet."""
+    from dgtr.data import convert
+
+    src = make_dataset(tmp_path / "src", n_grasps=3, scales=(0.1,))
+    data = tmp_path / "compact"
+    convert(src, data, to="compact")
+    assert (data / "grasps").is_dir() and not (data / "meshdata").exists()
+    cfg_file = tmp_path / "tiny.yaml"
+    config.save(tiny_config(epochs_dmt=1, epochs_smw=0, epochs_smpt=0), cfg_file)
+    args = ["train", "--data", str(data), "--config", str(cfg_file)]
+    assert cli_main(args + ["--out", str(tmp_path / "r1")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--meshes" in err[0] and "no meshdata" in err[0]
+    assert cli_main(args + ["--out", str(tmp_path / "r2"), "--meshes", str(tmp_path / "nope")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--meshes: folder not found" in err[0]
+    assert cli_main(args + ["--out", str(tmp_path / "r3"), "--meshes", str(src / "meshdata")]) == 0
+    assert json.loads((tmp_path / "r3" / "summary.json").read_text())["train_entries"] == 2
