@@ -1,0 +1,302 @@
+"""The comparison methods (dgtr.methods: GraspTTA, UniDexGrasp, SceneDiffuser, DDG): shapes, a tiny overfit, sampling
+diversity, save/load round trips, resume, bad checkpoints, and the pieces (contact map, soft Q1, Glow, refinement).
+
+Tiny networks on the synthetic box/cylinder dataset of test_train (hand poses placed around the objects)."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from dgtr import config, methods
+from dgtr.data import GraspDataset, collate
+from dgtr.errors import FileFormatError, InputError, MissingFileError
+from dgtr.hand import get_hand
+from dgtr.metrics import q1_from_contacts
+from dgtr.methods.common import contact_map, cloud_normals
+from dgtr.methods.contact import ContactRefineConfig, refine
+from dgtr.methods.ddg import soft_q1, wrench_directions
+from dgtr.methods.unidexgrasp import ConditionalGlow
+from test_train import make_dataset, tiny_config
+
+REPO = Path(__file__).resolve().parents[1]
+NAMES = sorted(methods.METHODS)
+TINY_ENC = dict(sa_centres=[64, 32, 16], sa_k=[16, 8, 8], sa_mlps=[[16, 32], [32, 64], [64, 64]], out_dim=64)
+TINY_CONTACT = ["model.contact.object_points=128", "model.contact.hand_points=128", "model.contact.width=32"]
+TINY = {
+    "grasptta": ["model.hidden=[64]", "model.latent=16", *TINY_CONTACT],
+    "unidexgrasp": [f"model.glow_encoder.{k}={v}" for k, v in TINY_ENC.items()] + [
+        "model.ipdf_grid=256", "model.ipdf_hidden=[64,64]", "model.glow_hidden=64", "model.glow_steps=4",
+        "loss.ipdf_queries=64", *TINY_CONTACT],
+    "scenediffuser": ["model.d_model=64", "model.ffn_dim=64", "model.n_layers=2", "model.steps=20",
+                      "model.dropout=0"],
+    "ddg": ["model.hidden=[64]"],
+}
+
+
+def tiny(name: str, *more: str):
+    ov = ([f"method={name}", "model.n_points=256"] + [f"model.encoder.{k}={v}" for k, v in TINY_ENC.items()]
+          + TINY[name] + ["train.batch_size=2", "train.epochs=1", "train.progress=false", "train.lr=3e-3",
+                          "refine.iterations=0" if name in ("scenediffuser", "ddg") else "refine.iterations=3"])
+    return methods.load_config(None, ov + list(more))
+
+
+def n_of(name: str) -> int:
+    return 1 if name == "ddg" else 16
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory) -> Path:
+    return make_dataset(tmp_path_factory.mktemp("mdata"), n_grasps=8)
+
+
+@pytest.fixture(scope="module")
+def batch(dataset) -> dict:
+    ds = GraspDataset(dataset, "train", n_points=256)
+    return collate([ds[i] for i in range(len(ds))])
+
+
+def build(name: str, seed: int = 0, *more: str):
+    torch.manual_seed(seed)
+    return methods.build(tiny(name, *more), get_hand())
+
+
+# ------------------------------------------------------------------------------------------------------ models
+@pytest.mark.parametrize("name", NAMES)
+def test_sample_shapes_and_valid_grasps(name, batch):
+    model = build(name).eval()
+    hand = get_hand()
+    pts = batch["points"][:2]
+    n = n_of(name)
+    R, t, q = methods.sample(model, pts, n, generator=torch.Generator().manual_seed(0))
+    assert R.shape == (2, n, 3, 3) and t.shape == (2, n, 3) and q.shape == (2, n, 22)
+    assert torch.allclose(R @ R.transpose(-1, -2), torch.eye(3).expand_as(R), atol=1e-5)
+    assert torch.allclose(torch.det(R), torch.ones(2, n), atol=1e-5)
+    assert bool(((q >= hand.joint_lower - 1e-6) & (q <= hand.joint_upper + 1e-6)).all())
+    assert bool(torch.isfinite(t).all())
+    loss, logs = methods.train_step(model.train(), batch, hand, torch.Generator().manual_seed(0))
+    assert loss.ndim == 0 and torch.isfinite(loss) and logs["loss"] == pytest.approx(float(loss.detach()))
+    with pytest.raises(InputError, match="points"):
+        model.sample(torch.zeros(2, 10, 3), n)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_tiny_overfit(name, batch):
+    """40 steps on 4 (object, scale) entries with 4 recurring draws: the training loss falls by a clear margin."""
+    model = build(name)
+    hand = get_hand()
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    losses = []
+    for it in range(40):
+        loss, _ = model.loss(batch, hand, torch.Generator().manual_seed(it % 4))
+        opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        losses.append(float(loss))
+    first, last = np.mean(losses[:4]), np.mean(losses[-4:])
+    assert last < first - 0.25 * abs(first), (name, losses)
+
+
+@pytest.mark.parametrize("name", ["grasptta", "unidexgrasp", "scenediffuser"])
+def test_generative_methods_draw_distinct_grasps(name, batch):
+    model = build(name).eval()
+    R, t, q = methods.sample(model, batch["points"][:1], 16, generator=torch.Generator().manual_seed(1))
+    x = torch.cat([t[0], q[0], R[0].flatten(1)], -1)
+    gaps = torch.cdist(x, x) + torch.eye(16) * 1e9
+    assert float(gaps.min()) > 1e-4  # no two of the 16 are the same grasp
+    # a fixed generator gives the same grasps again (predictions are reproducible)
+    again = methods.sample(model, batch["points"][:1], 16, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(again[1], t)
+
+
+def test_ddg_gives_one_grasp(batch):
+    model = build("ddg").eval()
+    R, t, q = model.sample(batch["points"][:3])
+    assert R.shape == (3, 1, 3, 3)
+    with pytest.raises(InputError, match="one grasp"):
+        model.sample(batch["points"][:3], 16)
+    with pytest.raises(InputError, match="sample.n = 1"):
+        tiny("ddg", "sample.n=16")
+
+
+def test_unidexgrasp_passes_share_one_rotation_each(batch):
+    """Table 2: n = passes × per-pass draws; the grasps of one pass share its IPDF rotation."""
+    model = build("unidexgrasp").eval()
+    pts = batch["points"][:2]
+    for passes in (1, 4, 16):
+        R, t, q = methods.sample(model, pts, 16, passes, generator=torch.Generator().manual_seed(0))
+        assert R.shape == (2, 16, 3, 3) and t.shape == (2, 16, 3)
+        per = R.reshape(2, passes, 16 // passes, 9)
+        assert torch.equal(per, per[:, :, :1].expand_as(per))
+    assert len({tuple(r.flatten().tolist()) for r in R[0]}) > 1  # 16 passes draw more than one rotation
+    with pytest.raises(InputError, match="passes"):
+        methods.sample(model, pts, 16, 3)
+    with pytest.raises(InputError, match="passes"):
+        methods.sample(build("ddg"), pts, 1, 4)
+
+
+def test_glow_is_invertible_and_normalised():
+    torch.manual_seed(0)
+    flow = ConditionalGlow(5, 3, steps=3, hidden=16)
+    x, c = torch.randn(64, 5), torch.randn(64, 3)
+    flow.train()
+    flow.log_prob(x, c)  # ActNorm data initialisation
+    flow.eval()
+    for _, _, coup in flow.steps:  # a non-trivial coupling (it starts as the identity)
+        torch.nn.init.normal_(coup.net[-1].weight, std=0.3)
+    z = x.clone()
+    for norm, lin, coup in flow.steps:
+        z = coup(lin(norm(z)[0])[0], c)[0]
+    back = z
+    for norm, lin, coup in reversed(flow.steps):
+        back = norm.inverse(lin.inverse(coup.inverse(back, c)))
+    assert torch.allclose(back, x, atol=1e-4)
+    # the density integrates to ~1 in 1-D (trapezoid on a grid)
+    f1 = ConditionalGlow(1, 1, steps=2, hidden=8).eval()
+    grid = torch.linspace(-12, 12, 4001)[:, None]
+    p = f1.log_prob(grid, torch.zeros(4001, 1)).exp()
+    assert float(torch.trapezoid(p, grid[:, 0])) == pytest.approx(1.0, abs=1e-3)
+
+
+# ------------------------------------------------------------------------------------------------------ pieces
+def test_contact_map_values():
+    obj = torch.tensor([[[0.0, 0, 0], [0.01, 0, 0], [1.0, 0, 0]]])
+    hand_pts = torch.zeros(1, 5, 3)
+    c = contact_map(obj, hand_pts)
+    assert c[0, 0] == pytest.approx(1.0, abs=1e-4) and c[0, 1] == pytest.approx(2 - 2 / (1 + np.exp(-1)), abs=1e-4)
+    assert c[0, 2] < 1e-6
+
+
+def test_soft_q1_bounds_the_metric():
+    """Q̃1 with many directions and a sharp minimum is close to (and, being a minimum over sampled directions, at
+    least) the exact Q1 of dgtr.metrics; zero contact weights give 0."""
+    c = torch.tensor([[0.03, 0, 0], [-0.03, 0, 0], [0, 0.03, 0], [0, -0.03, 0], [0, 0, 0.03], [0, 0, -0.03]])
+    n = c / 0.03
+    exact = q1_from_contacts(c.numpy(), n.numpy())
+    assert exact > 0
+    soft = float(soft_q1(c[None], n[None], torch.ones(1, 6), wrench_directions(20000), beta=1e4)[0])
+    assert exact - 1e-3 <= soft <= exact * 1.25, (soft, exact)
+    assert float(soft_q1(c[None], n[None], torch.zeros(1, 6), wrench_directions(64), beta=50)[0]) == pytest.approx(0)
+
+
+def test_cloud_normals_point_outward():
+    g = torch.Generator().manual_seed(0)
+    x = torch.nn.functional.normalize(torch.randn(1, 500, 3, generator=g), dim=-1) * 0.05  # a 5 cm sphere
+    n = cloud_normals(x)
+    assert float(((n * x / 0.05).sum(-1)).min()) > 0.95
+
+
+def test_refinement_lowers_its_objective(batch):
+    model = build("grasptta").eval()
+    hand = get_hand()
+    R, t, q = methods.sample(model, batch["points"][:1], 4, generator=torch.Generator().manual_seed(0))
+    cfg = ContactRefineConfig(iterations=15)
+    R2, t2, q2, hist = refine(model.contactnet, hand, batch["points"][0], R[0], t[0], q[0], cfg, return_history=True)
+    assert hist[-1] < hist[0] and R2.shape == (4, 3, 3) and not torch.equal(t2, t[0])
+    assert torch.allclose(R2 @ R2.transpose(1, 2), torch.eye(3).expand(4, 3, 3), atol=1e-5)
+    t3 = refine(model.contactnet, hand, batch["points"][0], R[0], t[0], q[0],
+                ContactRefineConfig(iterations=5, translation=False))[1]
+    assert torch.equal(t3, t[0])
+
+
+# ------------------------------------------------------------------------------------------------------ configs
+@pytest.mark.parametrize("name", NAMES)
+def test_config_file_is_the_default(name):
+    path = REPO / "configs" / "methods" / f"{name}.yaml"
+    assert methods.method_of(path) == name
+    cfg = methods.load_config(path)
+    assert config.to_dict(cfg) == config.to_dict(methods.run_config_class(name)())
+
+
+def test_bad_configs(tmp_path):
+    assert methods.method_of(None) == "dgtr" and methods.method_of(None, ["method=ddg"]) == "ddg"
+    with pytest.raises(InputError, match="unknown method 'graspnet'"):
+        methods.load_config(None, ["method=graspnet"])
+    with pytest.raises(InputError, match="unknown key"):
+        methods.load_config(None, ["method=ddg", "model.widht=3"])
+    with pytest.raises(InputError, match="passes"):
+        methods.load_config(None, ["method=unidexgrasp", "sample.passes=3"])
+    with pytest.raises(MissingFileError):
+        methods.method_of(tmp_path / "none.yaml")
+
+
+# ---------------------------------------------------------------------------------------- training, checkpoints
+@pytest.mark.parametrize("name", NAMES)
+def test_train_save_load_predict(name, dataset, tmp_path):
+    cfg = tiny(name)
+    run = tmp_path / "run"
+    trained = methods.train_method(cfg, dataset, run)
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["completed"] and summary["method"] == name and "val_loss" in summary["epochs"][0]["val"]
+    model, loaded_cfg = methods.load_method(run / "checkpoint.pt")
+    assert config.to_dict(loaded_cfg) == config.to_dict(cfg)
+    a, b = trained.state_dict(), model.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    small = methods.export_method(run / "checkpoint.pt", tmp_path / f"{name}.pt")
+    assert "optimizer" not in torch.load(small, weights_only=True)
+    pred = methods.load_predictor(small)
+    pts = GraspDataset(dataset, "val", n_points=256)[0]["points"]
+    g = pred(pts + torch.tensor([0.3, 0.0, 0.0]), tta=True)            # a shifted cloud: grasps come back shifted
+    assert len(g) == n_of(name) and g.extra["penetration"].shape == (n_of(name),)
+    g0 = pred(pts, tta=True)
+    assert torch.allclose(g.translation - g0.translation, torch.tensor([0.3, 0, 0], dtype=torch.float64), atol=1e-5)
+    if name != "ddg":
+        assert len(pred(pts, tta=False, top_k=4)) == 4
+
+
+def test_resume_is_exact(dataset, tmp_path):
+    cfg = tiny("grasptta", "train.epochs=3")
+    full = methods.train_method(cfg, dataset, tmp_path / "a").state_dict()
+    methods.train_method(cfg, dataset, tmp_path / "b", max_epochs=1)
+    methods.train_method(cfg, dataset, tmp_path / "b", resume=True, max_epochs=1)
+    resumed = methods.train_method(cfg, dataset, tmp_path / "b", resume=True).state_dict()
+    assert all(torch.equal(full[k], resumed[k]) for k in full)
+    with pytest.raises(InputError, match="train.lr"):
+        methods.train_method(tiny("grasptta", "train.epochs=3", "train.lr=1e-3"), dataset, tmp_path / "b", resume=True)
+    with pytest.raises(InputError, match="already holds a run"):
+        methods.train_method(cfg, dataset, tmp_path / "b")
+
+
+def test_bad_checkpoints_are_one_clear_error(dataset, tmp_path):
+    cfg = tiny("ddg")
+    run = tmp_path / "run"
+    methods.train_method(cfg, dataset, run)
+    ck = run / "checkpoint.pt"
+    with pytest.raises(MissingFileError):
+        methods.load_predictor(tmp_path / "nothing.pt")
+    bad = tmp_path / "truncated.pt"
+    bad.write_bytes(ck.read_bytes()[:1000])
+    with pytest.raises(FileFormatError, match="truncated"):
+        methods.load_method(bad)
+    with pytest.raises(FileFormatError, match="is a folder"):
+        methods.load_method(run)
+    # a DGTR checkpoint is not a method's
+    dgtr_ck = tmp_path / "dgtr.pt"
+    torch.save({"model": {}, "config": config.to_dict(tiny_config())}, dgtr_ck)
+    with pytest.raises(FileFormatError, match="names no comparison method"):
+        methods.load_method(dgtr_ck)
+    # weights of another shape than the config's
+    data = torch.load(ck, weights_only=True)
+    data["config"]["model"]["hidden"] = [32]
+    other = tmp_path / "other.pt"
+    torch.save(data, other)
+    with pytest.raises(FileFormatError, match="do not fit"):
+        methods.load_method(other)
+    data["config"]["model"]["bogus"] = 1
+    torch.save(data, other)
+    with pytest.raises(FileFormatError, match="does not fit this version"):
+        methods.load_method(other)
+
+
+def test_cli_entry_point_errors_are_one_line(dataset, tmp_path):
+    cfg_file = tmp_path / "m.yaml"
+    config.save(tiny("ddg"), cfg_file)
+    r = subprocess.run([sys.executable, "-m", "dgtr.methods", "train", "--data", str(dataset), "--out",
+                        str(tmp_path / "run"), "--config", str(cfg_file), "model.hiddn=[3]"],
+                       capture_output=True, text=True, cwd=REPO)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "unknown key" in r.stderr
+    assert not (tmp_path / "run").exists()
