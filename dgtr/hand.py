@@ -32,7 +32,7 @@ import trimesh
 from .errors import DgtrError, InputError, MissingFileError
 from .rotations import to_matrix
 
-__all__ = ["JOINT_NAMES", "Link", "Primitive", "ShadowHand", "get_hand", "hand_asset_dir"]
+__all__ = ["JOINT_NAMES", "Link", "Primitive", "ShadowHand", "PenetrationCache", "get_hand", "hand_asset_dir"]
 
 JOINT_NAMES: tuple[str, ...] = (
     tuple(f"robot0:{f}J{i}" for f in ("FF", "MF", "RF") for i in (3, 2, 1, 0))
@@ -349,7 +349,19 @@ class ShadowHand:
 
         for name in ("surf", "coll", "contact", "kp"):
             np_consts["E_" + name] = _points_matrix(np_consts[name + "_p"], long_consts[name + "_link"].numpy(), L)
+        # --- primitives in ``self.primitives`` order for the penetration sum: centre frame in its link, kind, size
+        # (capsule: radius, half-length, 0; box: half extents) and bounding-sphere radius
+        np_consts.update(
+            prim_R=np.stack([_quat_to_matrix_np(p.quat) for p in self.primitives]),
+            prim_p=np.stack([p.pos for p in self.primitives]),
+            prim_size=np.array([[p.size[0], p.size[1], 0.0] if p.kind == "capsule" else list(p.size)
+                                for p in self.primitives]),
+            prim_radius=np.array([p.size[0] + p.size[1] if p.kind == "capsule" else np.linalg.norm(p.size)
+                                  for p in self.primitives]))
+        long_consts.update(prim_link=torch.tensor([lid[p.link] for p in self.primitives]),
+                           prim_is_cap=torch.tensor([p.kind == "capsule" for p in self.primitives]))
         self._np_consts, self._long_consts = np_consts, long_consts
+        self._buffers: dict = {}
         self._cache: dict = {}
         self._set_public()
 
@@ -542,30 +554,96 @@ class ShadowHand:
             best = torch.cat([self._all_primitives(c, xc, *dgeom).max(1).indices for xc in xt.detach().split(chunk, 2)], 1)
         return self._selected_primitive(c, x, best, *geom)
 
-    def penetration(self, rot, t, q, points) -> torch.Tensor:
-        """Object-penetration loss: Σ_p relu(signed_distance(p)) over points (B, P, 3) -> (B,).
+    def penetration(self, rot, t, q, points, frames=None) -> torch.Tensor:
+        """Object-penetration sum: Σ_p relu(signed_distance(p)) -> (B,), over points (B, P, 3) per grasp or (P, 3)
+        shared by all grasps. ``frames``: this batch's ``link_frames`` when the caller has them already.
 
-        Same value and gradients as ``relu(signed_distance(rot, t, q, points)).sum(-1)``, but only the points inside
-        some collision primitive's bounding sphere are evaluated (the others are outside the hand: zero value and
-        gradient); a hand touches a small part of an object cloud, so this is several times cheaper."""
+        Same value and gradients as ``relu(signed_distance(rot, t, q, points)).sum(-1)``, computed on the
+        (grasp, point, primitive) triplets whose primitive's bounding sphere holds the point (found by one matrix
+        product, without autograd); a hand touches a small part of an object cloud, so this is several times cheaper.
+        ``PenetrationCache`` is the same sum with the candidate search cached across calls."""
         R, tt, qq = self._prep(rot, t, q)
-        points = self._tensor(points, "points")
-        if points.dim() != 3 or points.shape[2] != 3 or points.shape[0] != tt.shape[0]:
-            raise InputError(f"points: expected shape (B={tt.shape[0]}, P, 3), got {tuple(points.shape)}")
-        c = self._consts(tt.dtype, tt.device)
+        points = self._tensor(points, "points").to(tt.dtype)
+        B = tt.shape[0]
+        if not (points.dim() == 2 and points.shape[1] == 3) and not (points.dim() == 3 and points.shape[0] == B
+                                                                     and points.shape[2] == 3):
+            raise InputError(f"points: expected shape (B={B}, P, 3) or (P, 3), got {tuple(points.shape)}")
+        self._finite(points, "points")
+        Rg, cg = self.primitive_frames(self.link_frames(R, tt, qq) if frames is None else frames)
         with torch.no_grad():
-            u, a, _, cb = self._primitive_geometry(c, *self._fk_palm(qq.detach()))
-            centres = torch.cat([a + c.cap_h[:, None] * u, cb], 1)                  # (B, G, 3) palm frame
-            radii = torch.cat([c.cap_h + c.cap_r, c.box_half.norm(dim=-1)])         # (G,)
-            x = (points.detach().to(tt.dtype) - tt.detach()[:, None]) @ R.detach()
-            near = (torch.cdist(x, centres) <= radii + 1e-6).any(-1)               # (B, P)
-            m = int(near.sum(1).max()) if near.numel() else 0
-        if m == 0:
-            return (tt * 0).sum(-1) + (qq * 0).sum(-1)  # nothing inside: zero, still connected to the graph
-        idx = near.to(torch.int8).topk(m, dim=1).indices                            # the near points first
-        keep = torch.gather(near, 1, idx)
-        sel = torch.gather(points, 1, idx[..., None].expand(-1, -1, 3))
-        return (torch.relu(self.signed_distance(rot, t, q, sel)) * keep).sum(-1)
+            bg, p, x = self._sphere_candidates(cg.detach(), points)
+        return self._penetration_sum(Rg, cg, bg, p, x, points.shape[-2])
+
+    def primitive_frames(self, frames) -> tuple[torch.Tensor, torch.Tensor]:
+        """``link_frames`` output -> centre frames of the collision primitives (``primitives`` order) in the object
+        frame: rotations (B, G, 3, 3), centres (B, G, 3)."""
+        Rw, pw = frames
+        c = self._consts(pw.dtype, pw.device)
+        Rl, pl = Rw.index_select(1, c.prim_link), pw.index_select(1, c.prim_link)
+        return Rl @ c.prim_R, (Rl @ c.prim_p[..., None]).squeeze(-1) + pl
+
+    def _sphere_candidates(self, cg: torch.Tensor, points: torch.Tensor, margin: float = 0.0):
+        """Triplets whose point lies within ``margin`` of a primitive's bounding sphere: cg (B, G, 3); points (P, 3)
+        shared or (B, P, 3) -> (bg = grasp·G + primitive, p = point index, x = the points) (T,). |x − c|² − r² < 0 for
+        all pairs at once: one matmul of augmented coordinates [−2c, 1, |c|² − r²]·[x, |x|², 1]."""
+        c = self._consts(cg.dtype, cg.device)
+        B, G = cg.shape[:2]
+        r2 = (c.prim_radius + margin) ** 2
+        ca = torch.cat([-2 * cg, torch.ones_like(cg[..., :1]), (cg * cg).sum(-1, keepdim=True) - r2[:, None]], -1)
+        xa = torch.cat([points, (points * points).sum(-1, keepdim=True), torch.ones_like(points[..., :1])], -1)
+        if points.dim() == 2:
+            p, bg = (xa @ ca.reshape(-1, 5).T < 0).nonzero(as_tuple=True)
+            return bg, p, points.index_select(0, p)
+        b, p, g = (xa @ ca.transpose(1, 2) < 0).nonzero(as_tuple=True)
+        return b * G + g, p, points[b, p]
+
+    @staticmethod
+    def _primitive_depth(Rg, cg, size, is_cap, x) -> torch.Tensor:
+        """Per triplet: primitive frames (T, 3, 3), centres (T, 3), sizes (T, 3), kinds (T,), points (T, 3) -> depth
+        inside the primitive (T,), exact inside (positive); <= 0 outside (not the outside distance for boxes)."""
+        xl = ((x - cg)[:, None] @ Rg).squeeze(1)                                       # primitive-local coordinates
+        z = xl[:, 2].clamp(min=-size[:, 1], max=size[:, 1])          # capsule: radius − distance to its axis segment
+        cap = size[:, 0] - torch.stack([xl[:, 0], xl[:, 1], xl[:, 2] - z], -1).norm(dim=-1)
+        box = -(xl.abs() - size).amax(-1)
+        return torch.where(is_cap, cap, box)
+
+    def _buffer(self, name: str, n: int, dtype, device) -> torch.Tensor:
+        """A scratch vector reused across calls (only the entries a call writes are read back)."""
+        buf = self._buffers.get(name)
+        if buf is None or buf.numel() < n or buf.dtype != dtype or buf.device != torch.device(device):
+            buf = self._buffers[name] = torch.empty(n, dtype=dtype, device=device)
+        return buf[:n]
+
+    def _penetration_sum(self, Rg, cg, bg, p, x, n_pts: int) -> torch.Tensor:
+        """Σ relu(hand sdf) per grasp from candidate triplets (``_sphere_candidates``; a superset is fine): primitive
+        frames Rg (B, G, 3, 3), cg (B, G, 3); bg, p (T,) long; x (T, 3); n_pts: points per point set (p < n_pts)."""
+        B, G = cg.shape[:2]
+        c = self._consts(cg.dtype, cg.device)
+        Rf, cf = Rg.reshape(-1, 3, 3), cg.reshape(-1, 3)  # flat (grasp, primitive) rows: index_select, not 2-D indexing
+        with torch.no_grad():
+            g = bg % G
+            near = ((x - cf.detach().index_select(0, bg)) ** 2).sum(-1) < c.prim_radius.index_select(0, g) ** 2
+            i = near.nonzero().squeeze(1)
+            bg, g, p, x = bg.index_select(0, i), g.index_select(0, i), p.index_select(0, i), x.index_select(0, i)
+            depth = self._primitive_depth(Rf.detach().index_select(0, bg), cf.detach().index_select(0, bg),
+                                          c.prim_size.index_select(0, g), c.prim_is_cap.index_select(0, g), x)
+            i = (depth > 0).nonzero().squeeze(1)
+            bg, g, p, x, depth = (v.index_select(0, i) for v in (bg, g, p, x, depth))
+            # the hand sdf is the max over primitives: keep the deepest primitive of each (grasp, point), and one
+            # winner per pair even if two primitives tie (a point must not count twice)
+            pair = bg // G * n_pts + p
+            best = self._buffer("best", B * n_pts, depth.dtype, depth.device)
+            best[pair] = -1.0
+            best.scatter_reduce_(0, pair, depth, reduce="amax")
+            cand = torch.nonzero(depth == best[pair]).squeeze(1)
+            pick = self._buffer("pick", B * n_pts, torch.long, depth.device)
+            pick[pair[cand]] = -1
+            pick.scatter_reduce_(0, pair[cand], cand, reduce="amax")
+            sel = cand[pick[pair[cand]] == cand]
+            bg, g, x = bg.index_select(0, sel), g.index_select(0, sel), x.index_select(0, sel)
+        depth = self._primitive_depth(Rf.index_select(0, bg), cf.index_select(0, bg), c.prim_size.index_select(0, g),
+                                      c.prim_is_cap.index_select(0, g), x)
+        return (0 * cg.sum((1, 2))).index_add(0, bg // G, depth)  # attached to the graph even without contact
 
     @staticmethod
     def _primitive_geometry(c, Rl, pl):
@@ -664,6 +742,54 @@ class ShadowHand:
                 mesh.metadata["link"] = n
                 out.append(mesh)
         return out
+
+
+class PenetrationCache:
+    """``ShadowHand.penetration`` for hands that share point sets, with the candidate search cached across calls
+    (``dgtr synth``'s E_pen, called once per annealing step).
+
+    Candidates are found for bounding spheres grown by ``margin`` and reused while none of a hand's primitive centres
+    moved farther than ``margin`` from where they were found (they stay a superset of the true candidates, so the
+    sum is exact); an annealing step moves a hand by millimetres, so the full search runs for few hands per step.
+    ``__call__(frames, groups)``: frames = ``hand.link_frames`` of B hands; groups = [(hand indices (b,) long,
+    points (P, 3))], each hand in one group, the same objects on every call -> (B,).
+    """
+
+    def __init__(self, hand: "ShadowHand", margin: float = 0.0):
+        self.hand, self.margin = hand, float(margin)
+        self._cache, self.n_scanned = None, 0
+
+    def __call__(self, frames, groups) -> torch.Tensor:
+        Rg, cg = self.hand.primitive_frames(frames)
+        with torch.no_grad():
+            c = self._candidates(cg.detach(), groups)
+        return self.hand._penetration_sum(Rg, cg, c["bg"], c["p"], c["x"], len(c["pts"]))
+
+    def _candidates(self, cg: torch.Tensor, groups) -> dict:
+        """The cache {'pts': all points (N, 3), 'bg', 'p' (T,) long (p indexes 'pts'), 'x' (T, 3)}, re-searched for
+        the hands that moved by more than ``margin`` since their last search."""
+        c = self._cache
+        B, G = cg.shape[:2]
+        if c is None or c["groups"] is not groups or c["centres"].shape != cg.shape:
+            c = self._cache = dict(groups=groups, pts=torch.cat([x for _, x in groups]), centres=cg.clone(), bg=None)
+            redo = torch.ones(B, dtype=torch.bool, device=cg.device)
+        else:
+            redo = ((cg - c["centres"]) ** 2).sum(-1).amax(-1) > self.margin ** 2
+        if redo.any():
+            found, start = [], 0
+            for hands, x in groups:
+                h = hands[redo[hands]]
+                if len(h):
+                    bg, p, xs = self.hand._sphere_candidates(cg[h], x, self.margin)
+                    found.append((h[bg // G] * G + bg % G, p + start, xs))
+                start += len(x)
+            c["centres"][redo] = cg[redo]
+            if c["bg"] is not None:
+                keep = (~redo.index_select(0, c["bg"] // G)).nonzero().squeeze(1)
+                found.append(tuple(c[k].index_select(0, keep) for k in ("bg", "p", "x")))
+            c["bg"], c["p"], c["x"] = (torch.cat(v) for v in zip(*found))
+            self.n_scanned += int(redo.sum())
+        return c
 
 
 @functools.lru_cache(maxsize=None)

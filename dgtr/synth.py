@@ -36,6 +36,7 @@ from . import __version__
 from . import config as config_mod
 from .errors import DgtrError, InputError
 from .files import write_text
+from .hand import PenetrationCache
 from .objects import PieceSDF
 from .rotations import matrix_from_6d, sixd_from_matrix
 
@@ -190,137 +191,6 @@ def split_pose(pose: torch.Tensor):
     return matrix_from_6d(pose[:, 3:9]), pose[:, :3], pose[:, 9:]
 
 
-class HandPenetration:
-    """E_pen core: Σ_p relu(hand signed distance of p) per hand, over object points, culled.
-
-    Only the primitives whose bounding sphere holds a point can contain it, and a grasping hand's spheres hold a
-    small share of the (hand, point, primitive) triplets: those are found without autograd, their depths computed
-    without autograd, and only the deciding (deepest) primitive of each point inside the hand is recomputed with
-    autograd. Value and gradient equal those of ``relu(hand.signed_distance(...)).sum(1)``; the cost scales with the
-    object area near the hand instead of the whole object's, so dense point sets stay cheap.
-    Primitive geometry comes from the public ``hand.primitives`` and ``hand.link_transforms``.
-    """
-
-    def __init__(self, hand, margin: float = 0.0):
-        from .rotations import matrix_from_quaternion
-
-        self.hand, self.margin = hand, float(margin)
-        self._cache, self._buffers, self.n_scanned = None, {}, 0
-        prims = hand.primitives
-        lid = {n: i for i, n in enumerate(hand.link_names)}
-        dt, dev = hand.dtype, hand.device
-        as_t = lambda x: torch.as_tensor(np.asarray(x, dtype=np.float64), dtype=dt, device=dev)  # noqa: E731
-        self.link = torch.tensor([lid[p.link] for p in prims], device=dev)
-        self.local_R = matrix_from_quaternion(as_t([p.quat for p in prims]))          # (G, 3, 3) in the link
-        self.local_p = as_t([p.pos for p in prims])                                    # (G, 3)
-        self.is_cap = torch.tensor([p.kind == "capsule" for p in prims], device=dev)
-        # capsule: radius, half-length; box: half extents (capsules' third entry unused)
-        self.size = as_t([list(p.size[:2]) + [0.0] if p.kind == "capsule" else list(p.size) for p in prims])
-        self.radius = as_t([p.size[0] + p.size[1] if p.kind == "capsule" else np.linalg.norm(p.size) for p in prims])
-        self.radius2 = self.radius ** 2
-
-    def frames(self, link_frames):
-        """``hand.link_frames`` output -> primitive centre frames in the object frame: rotations (B, G, 3, 3),
-        centres (B, G, 3)."""
-        Rl, pl = link_frames[0][:, self.link], link_frames[1][:, self.link]            # (B, G, 3, 3), (B, G, 3)
-        return Rl @ self.local_R, (Rl @ self.local_p[..., None]).squeeze(-1) + pl
-
-    def _depth(self, Rg, cg, size, is_cap, x):
-        """Per triplet: frames (N, 3, 3), centres (N, 3), size (N, 3), kind (N,), points (N, 3) -> (N,) depth inside
-        the primitive (positive inside; ≤ 0 outside, not the exact outside distance for boxes)."""
-        xl = ((x - cg)[:, None] @ Rg).squeeze(1)                                       # primitive-local coordinates
-        # capsule: radius minus the distance to the axis segment z in [-h, h]
-        z = xl[:, 2].clamp(min=-size[:, 1], max=size[:, 1])
-        cap = size[:, 0] - torch.stack([xl[:, 0], xl[:, 1], xl[:, 2] - z], -1).norm(dim=-1)
-        box = -(xl.abs() - size).amax(-1)
-        return torch.where(is_cap, cap, box)
-
-    def __call__(self, link_frames, groups) -> torch.Tensor:
-        """link_frames: ``hand.link_frames(R, t, q)`` of B hands; groups: [(hand indices (b,) long, object points (P, 3) metres)] whose hands
-        share a point set (one group per scale) -> (B,).
-
-        With ``margin`` > 0 the candidate triplets of each hand are found for spheres grown by ``margin`` and reused
-        while none of the hand's primitive centres moved farther than ``margin`` from where they were found (they
-        stay a superset of the true candidates); an annealing step moves a hand by millimetres, so the full scan
-        runs for few hands per step. The groups must be the same objects on every call of one instance."""
-        Rg, cg = self.frames(link_frames)
-        B, G = cg.shape[:2]
-        Rf, cf = Rg.reshape(-1, 3, 3), cg.reshape(-1, 3)  # flat (hand, primitive) rows: index_select, not 2-D indexing
-        with torch.no_grad():
-            c = self._candidates(cg.detach(), groups)
-            n_pts = len(c["pts"])
-            # exact bounding-sphere test at the current pose, then the depth test, both without autograd
-            near = ((c["x"] - cf.detach().index_select(0, c["bg"])) ** 2).sum(-1) < self.radius2.index_select(0, c["g"])
-            i = near.nonzero().squeeze(1)
-            bg, g, p, x = (c[k].index_select(0, i) for k in ("bg", "g", "p", "x"))
-            depth = self._depth(Rf.detach().index_select(0, bg), cf.detach().index_select(0, bg),
-                                self.size.index_select(0, g), self.is_cap.index_select(0, g), x)
-            i = (depth > 0).nonzero().squeeze(1)
-            bg, g, p, x, depth = (v.index_select(0, i) for v in (bg, g, p, x, depth))
-            # keep the deepest primitive of each (hand, point) (the hand sdf is the max over primitives), and one
-            # winner per pair even if two primitives tie (a point must not count twice)
-            pair = bg // G * n_pts + p
-            best = self._buffer("best", B * n_pts, depth.dtype)
-            best[pair] = -1.0
-            best.scatter_reduce_(0, pair, depth, reduce="amax")
-            cand = torch.nonzero(depth == best[pair]).squeeze(1)
-            pick = self._buffer("pick", B * n_pts, torch.long)
-            pick[pair[cand]] = -1
-            pick.scatter_reduce_(0, pair[cand], cand, reduce="amax")
-            sel = cand[pick[pair[cand]] == cand]
-            bg, g, x = bg.index_select(0, sel), g.index_select(0, sel), x.index_select(0, sel)
-        depth = self._depth(Rf.index_select(0, bg), cf.index_select(0, bg), self.size.index_select(0, g),
-                            self.is_cap.index_select(0, g), x)
-        return (0 * cg.sum((1, 2))).index_add(0, bg // G, depth)  # attached to the graph even without contact
-
-    def _buffer(self, name: str, n: int, dtype) -> torch.Tensor:
-        """A scratch vector reused across calls (only the entries a call writes are read back)."""
-        buf = self._buffers.get(name)
-        if buf is None or buf.numel() < n or buf.dtype != dtype:
-            buf = self._buffers[name] = torch.empty(n, dtype=dtype, device=self.radius.device)
-        return buf[:n]
-
-    def _candidates(self, cg: torch.Tensor, groups):
-        """Candidate (hand, point, primitive) triplets: points inside a primitive's bounding sphere grown by
-        ``margin``, recomputed only for hands that moved by more than ``margin`` since their last scan.
-        cg (B, G, 3) -> the cache: {'pts': all points (N, 3), 'bg': hand * G + primitive, 'p': point, 'g': primitive
-        (T,) long, 'x': the candidate points (T, 3)}."""
-        c = self._cache
-        if c is None or c["groups"] is not groups or c["centres"].shape != cg.shape:
-            pts = torch.cat([x for _, x in groups])
-            c = self._cache = dict(groups=groups, pts=pts, centres=cg.clone(), bg=None)
-            redo = torch.ones(cg.shape[0], dtype=torch.bool, device=cg.device)
-        else:
-            redo = ((cg - c["centres"]) ** 2).sum(-1).amax(-1) > self.margin ** 2
-        if redo.any():
-            G = cg.shape[1]
-            r2 = (self.radius + self.margin) ** 2
-            found, start = [], 0
-            for hands, x in groups:
-                h = hands[redo[hands]]
-                if len(h):
-                    # |x - c|² - r² < 0 for all (point, hand, primitive) at once: one matmul of augmented coordinates
-                    cc = cg[h].reshape(-1, 3)
-                    ca = torch.cat([-2 * cc, torch.ones_like(cc[:, :1]),
-                                    (cc * cc).sum(-1, keepdim=True) - r2.repeat(len(h))[:, None]], 1)
-                    xa = torch.cat([x, (x * x).sum(-1, keepdim=True), torch.ones_like(x[:, :1])], 1)
-                    p, hg = (xa @ ca.T < 0).nonzero(as_tuple=True)
-                    found.append((h[hg // G], p + start, hg % G))
-                start += len(x)
-            c["centres"][redo] = cg[redo]
-            new = [(b * G + g, p, g, c["pts"].index_select(0, p)) for b, p, g in found]
-            if c["bg"] is not None:
-                keep = (~redo.index_select(0, c["bg"] // G)).nonzero().squeeze(1)
-                new.append(tuple(c[k].index_select(0, keep) for k in ("bg", "p", "g", "x")))
-            if new:
-                c["bg"], c["p"], c["g"], c["x"] = (torch.cat(v) for v in zip(*new))
-            else:
-                c["bg"] = c["p"] = c["g"] = torch.zeros(0, dtype=torch.long, device=cg.device)
-                c["x"] = cg.new_zeros(0, 3)
-            self.n_scanned += int(redo.sum())
-        return c
-
-
 def pen_counts(scales, cfg: "EnergyConfig") -> dict[float, int]:
     """E_pen points per scale: ``cfg.pen_points`` at scale 0.10, proportional to the surface area (∝ scale²) else, so
     the point spacing on the object is the same at every scale."""
@@ -337,7 +207,7 @@ class Energy:
 
     def __init__(self, hand, sdf: PieceSDF, points: torch.Tensor, scales: torch.Tensor, cfg: EnergyConfig):
         self.hand, self.sdf, self.cfg, self.scales, self.points = hand, sdf, cfg, scales, points
-        self.pen = HandPenetration(hand, cfg.pen_margin)
+        self.pen = PenetrationCache(hand, cfg.pen_margin)
         self.pen_factor = 2000.0 / cfg.pen_points
 
     def __call__(self, pose: torch.Tensor, idx: torch.Tensor):

@@ -238,8 +238,8 @@ def tta_losses(hand, R, t, q, near_pts, kp_nbrs_pts, init_close, tau, sdf_fn=Non
     near_pts (B, n, 3): object points for L_pen; kp_nbrs_pts (B, C, k, 3): candidate nearest object points of each
     keypoint (ignored when ``sdf_fn`` is given); init_close (B, C) bool: keypoint within τ in the initial grasp.
     """
-    pen = torch.relu(hand.signed_distance(R, t, q, near_pts)).sum(-1)
-    frames = hand.link_frames(R, t, q)  # once for the keypoints of both terms below
+    frames = hand.link_frames(R, t, q)  # once for the penetration sum and the keypoints of both terms below
+    pen = hand.penetration(R, t, q, near_pts, frames=frames)  # Σ relu(hand sdf), on the points near a primitive
     kp = hand.frame_points(frames, "contact")                                   # (B, C, 3)
     if sdf_fn is not None:
         d = sdf_fn(kp).abs()

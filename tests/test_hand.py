@@ -202,13 +202,17 @@ def test_signed_distance_matches_reference(hand):
 
 def test_penetration_equals_relu_sum_of_sdf(hand):
     """The loss form skips points outside every primitive's bounding sphere: same values and gradients."""
+    from dgtr.rotations import axis_angle_from_matrix, matrix_from_axis_angle
+
     R, t, q = random_grasps(hand, 6, seed=7, dtype=torch.float64)
     pts = t[:, None] + torch.randn(6, 3000, 3, generator=torch.Generator().manual_seed(3), dtype=torch.float64) * 0.05
-    leaves = [x.clone().requires_grad_() for x in (R, t, q)]
-    fast = hand.penetration(*leaves, pts)
+    # gradients w.r.t. a rotation parameter (axis-angle): both forms agree on SO(3), not off it (R vs R^T)
+    aa = axis_angle_from_matrix(R)
+    leaves = [x.clone().requires_grad_() for x in (aa, t, q)]
+    fast = hand.penetration(matrix_from_axis_angle(leaves[0]), *leaves[1:], pts)
     g_fast = torch.autograd.grad(fast.sum(), leaves)
-    leaves2 = [x.clone().requires_grad_() for x in (R, t, q)]
-    full = torch.relu(hand.signed_distance(*leaves2, pts)).sum(-1)
+    leaves2 = [x.clone().requires_grad_() for x in (aa, t, q)]
+    full = torch.relu(hand.signed_distance(matrix_from_axis_angle(leaves2[0]), *leaves2[1:], pts)).sum(-1)
     g_full = torch.autograd.grad(full.sum(), leaves2)
     assert (full > 0).all()  # the test is not vacuous: every hand holds some of the points
     torch.testing.assert_close(fast, full, atol=1e-12, rtol=1e-10)
@@ -216,6 +220,10 @@ def test_penetration_equals_relu_sum_of_sdf(hand):
         torch.testing.assert_close(a, b, atol=1e-10, rtol=1e-8)
     far = hand.penetration(*idle(2, torch.float64), torch.full((2, 10, 3), 5.0, dtype=torch.float64))
     assert torch.equal(far, torch.zeros(2, dtype=torch.float64))
+    # one point set shared by every grasp, (P, 3): the same as that set given to each grasp
+    shared = pts[0]
+    torch.testing.assert_close(hand.penetration(R, t, q, shared), hand.penetration(R, t, q, shared.expand(6, -1, -1)),
+                               atol=1e-12, rtol=1e-10)
 
 
 def test_signed_distance_signs(hand):

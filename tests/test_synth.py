@@ -9,7 +9,7 @@ import torch
 from dgtr import cli, config, synth
 from dgtr.data import load_grasps
 from dgtr.errors import InputError, MissingFileError
-from dgtr.hand import get_hand
+from dgtr.hand import PenetrationCache, get_hand
 from dgtr.objects import load_object
 
 REPO = Path(__file__).resolve().parents[1]
@@ -59,7 +59,7 @@ def test_penetration_matches_hand_sdf(cube):
     hull = __import__("trimesh").Trimesh(np.concatenate([p.vertices for p in obj.pieces])).convex_hull
     pose = synth.initial_poses(hand, hull, torch.as_tensor(scales, dtype=torch.float32),
                                synth.InitConfig(distance_lower=-0.03, distance_upper=0.0), 0)  # pushed into the object
-    pen = synth.HandPenetration(hand, margin=0.01)
+    pen = PenetrationCache(hand, margin=0.01)
 
     def culled(p):
         return pen(hand.link_frames(*synth.split_pose(p)), groups)
@@ -178,14 +178,14 @@ def test_penetration_cache_is_exact(cube):
     hull = __import__("trimesh").Trimesh(np.concatenate([p.vertices for p in cube.pieces])).convex_hull
     pose = synth.initial_poses(hand, hull, torch.as_tensor(scales, dtype=torch.float32),
                                synth.InitConfig(distance_lower=-0.03, distance_upper=0.0), 0)
-    cached = synth.HandPenetration(hand, margin=0.01)
+    cached = PenetrationCache(hand, margin=0.01)
     g = torch.Generator().manual_seed(0)
     for step, size in enumerate([0.0, 0.001, 0.002, 0.03, 0.001]):
         move = torch.zeros_like(pose)
         move[:2, :3] = size * torch.randn(2, 3, generator=g)  # only the first two hands move
         pose = pose + move
         frames = hand.link_frames(*synth.split_pose(pose))
-        fresh = synth.HandPenetration(hand)(frames, groups)
+        fresh = PenetrationCache(hand)(frames, groups)
         assert float(fresh.min()) > 0
         torch.testing.assert_close(cached(frames, groups), fresh)
         if step == 3:
