@@ -96,7 +96,7 @@ def test_tiny_overfit(name, batch):
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
     first, last = np.mean(losses[:4]), np.mean(losses[-4:])
     assert last < first - 0.25 * abs(first), (name, losses)
 
@@ -158,7 +158,8 @@ def test_glow_is_invertible_and_normalised():
     # the density integrates to ~1 in 1-D (trapezoid on a grid)
     f1 = ConditionalGlow(1, 1, steps=2, hidden=8).eval()
     grid = torch.linspace(-12, 12, 4001)[:, None]
-    p = f1.log_prob(grid, torch.zeros(4001, 1)).exp()
+    with torch.no_grad():
+        p = f1.log_prob(grid, torch.zeros(4001, 1)).exp()
     assert float(torch.trapezoid(p, grid[:, 0])) == pytest.approx(1.0, abs=1e-3)
 
 
@@ -231,7 +232,8 @@ def test_train_save_load_predict(name, dataset, tmp_path):
     run = tmp_path / "run"
     trained = methods.train_method(cfg, dataset, run)
     summary = json.loads((run / "summary.json").read_text())
-    assert summary["completed"] and summary["method"] == name and "val_loss" in summary["epochs"][0]["val"]
+    assert summary["completed"] and summary["method"] == name
+    assert abs(summary["epochs"][0]["train"]["loss"]) < 1e3 and abs(summary["epochs"][0]["val"]["val_loss"]) < 1e3
     model, loaded_cfg = methods.load_method(run / "checkpoint.pt")
     assert config.to_dict(loaded_cfg) == config.to_dict(cfg)
     a, b = trained.state_dict(), model.state_dict()
@@ -240,12 +242,20 @@ def test_train_save_load_predict(name, dataset, tmp_path):
     assert "optimizer" not in torch.load(small, weights_only=True)
     pred = methods.load_predictor(small)
     pts = GraspDataset(dataset, "val", n_points=256)[0]["points"]
-    g = pred(pts + torch.tensor([0.3, 0.0, 0.0]), tta=True)            # a shifted cloud: grasps come back shifted
+    g = pred(pts, tta=True)
     assert len(g) == n_of(name) and g.extra["penetration"].shape == (n_of(name),)
-    g0 = pred(pts, tta=True)
-    assert torch.allclose(g.translation - g0.translation, torch.tensor([0.3, 0, 0], dtype=torch.float64), atol=1e-5)
+    # a shifted cloud: the same grasps, shifted (before refinement: Adam's first steps are ±lr wherever a gradient
+    # is ~0, so refinement amplifies the 1e-8 rounding of the shift)
+    g0, g1 = pred(pts, tta=False), pred(pts + torch.tensor([0.3, 0.0, 0.0]), tta=False)
+    assert torch.allclose(g1.translation - g0.translation, torch.tensor([0.3, 0, 0], dtype=torch.float64), atol=1e-5)
+    assert torch.allclose(g1.joints, g0.joints, atol=1e-5)
     if name != "ddg":
         assert len(pred(pts, tta=False, top_k=4)) == 4
+    # inference defaults may change at export, nothing else
+    tuned = methods.export_method(run / "checkpoint.pt", tmp_path / "tuned.pt", ["sample.n=2"] if name != "ddg" else [])
+    assert methods.load_predictor(tuned).sample_config.n == (2 if name != "ddg" else 1)
+    with pytest.raises(InputError, match="after training"):
+        methods.export_method(run / "checkpoint.pt", tmp_path / "x.pt", ["model.n_points=128"])
 
 
 def test_resume_is_exact(dataset, tmp_path):

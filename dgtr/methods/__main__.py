@@ -19,11 +19,12 @@ def main(argv=None) -> int:
     p = sub.add_parser("export", help="a method's training checkpoint as a small inference checkpoint")
     p.add_argument("checkpoint")
     p.add_argument("dest")
+    p.add_argument("overrides", nargs="*", metavar="refine.key=value", help="inference defaults to store")
     args = parser.parse_args(argv)
     try:
         if args.command == "train":
             return run_method_train(args)
-        dest = export_method(args.checkpoint, args.dest)
+        dest = export_method(args.checkpoint, args.dest, args.overrides)
         print(f"wrote {dest} ({dest.stat().st_size / 2**20:.1f} MB)")
         return 0
     except DgtrError as e:

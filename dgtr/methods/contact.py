@@ -110,12 +110,13 @@ def contact_loss(net: ContactNet, hand, points: torch.Tensor, owner, R, t, q, ge
 class ContactRefineConfig:
     """Contact-consistency refinement (module docstring).  Weights on per-grasp sums."""
 
-    iterations: int = 100
+    iterations: int = 50
     lr: float = 5e-3            # Adam, rad (rotation delta, joints) and m (translation) per step
     w_cmap: float = 1.0         # Σ over ContactNet's object points of (hand map − predicted map)²
     w_pen: float = 100.0        # Σ depth (m) of the object points inside the hand
     w_spen: float = 10.0        # self-penetration (hand.self_penetration)
-    target_every: int = 1       # iterations between ContactNet predictions of the target map
+    target_every: int = 10      # iterations between ContactNet predictions of the target map (its forward pass is
+    #                             ~2x the rest of an iteration; the hand moves little in 10 steps)
     translation: bool = True    # optimise the translation too (GraspTTA, UniDexGrasp: the whole pose)
 
     def check(self) -> None:

@@ -67,9 +67,10 @@ class MethodPredictor(Predictor):
                                   extra={k: v[order] for k, v in sc.items()})
 
 
-def load_predictor(checkpoint, device="cpu") -> MethodPredictor:
-    """A ``MethodPredictor`` from a comparison method's checkpoint (``train_method`` / ``export_method``)."""
+def load_predictor(checkpoint, device="cpu", ck: dict | None = None) -> MethodPredictor:
+    """A ``MethodPredictor`` from a comparison method's checkpoint (``train_method`` / ``export_method``); ``ck``:
+    the file's contents when the caller has read them (``dgtr.load`` does, to see which model it holds)."""
     from .train import _device, load_method
 
-    model, cfg = load_method(checkpoint, _device(str(device)))
+    model, cfg = load_method(checkpoint, _device(str(device)), ck)
     return MethodPredictor(model, cfg, device, source=str(checkpoint))

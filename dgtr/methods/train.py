@@ -37,23 +37,25 @@ CHECKPOINT_FORMAT = "dgtr-method-checkpoint-v1"
 RESUME_FREE = ("train.progress",)
 
 
-def read_method_checkpoint(path):
+def read_method_checkpoint(path, ck: dict | None = None):
     """(checkpoint dict, run config) of a comparison method's checkpoint; MissingFileError / FileFormatError (one
-    line) for a missing, truncated or foreign file, or a DGTR checkpoint."""
+    line) for a missing, truncated or foreign file, or a DGTR checkpoint.  ``ck``: the file's contents when the
+    caller read them already (``dgtr.train.read_checkpoint``)."""
     from ..train import read_checkpoint
     from . import config_from_dict
 
-    ck = read_checkpoint(path)
+    ck = read_checkpoint(path) if ck is None else ck
     return ck, config_from_dict(ck["config"], str(path))
 
 
-def load_method(path, device="cpu"):
-    """(model in eval mode on ``device``, run config) from a checkpoint written by ``train_method``."""
+def load_method(path, device="cpu", ck: dict | None = None):
+    """(model in eval mode on ``device``, run config) from a checkpoint written by ``train_method`` (``ck``: its
+    contents, already read)."""
     from ..hand import get_hand
     from ..train import load_weights
     from . import build
 
-    ck, cfg = read_method_checkpoint(path)
+    ck, cfg = read_method_checkpoint(path, ck)
     model = build(cfg, get_hand())
     load_weights(model, ck["model"], path)
     return model.to(device).eval(), cfg
@@ -210,19 +212,37 @@ def train_method(cfg, data, out, resume: bool = False, device: str = "cpu", max_
     return model
 
 
-def export_method(src, dest) -> Path:
+EXPORT_SECTIONS = ("refine.", "sample.")  # what may change after training
+
+
+def export_method(src, dest, overrides=()) -> Path:
     """Inference checkpoint ``dest`` (weights, config, history; no optimiser/RNG state) from a method's training
-    checkpoint ``src``, with ``<dest stem>.yaml`` (the resolved config) beside it."""
+    checkpoint ``src``, with ``<dest stem>.yaml`` (the resolved config) beside it.  ``overrides``
+    (``refine.key=value``, ``sample.key=value``) set the inference defaults it carries (e.g. ones measured on the
+    validation split); nothing else can change after training."""
     from ..cli import check_out_file
-    from ..files import torch_save
+    from ..files import torch_save, write_json
+    from . import config_from_dict
 
     src, dest = Path(src), Path(dest)
+    # tta.* (what `dgtr export` takes for DGTR) names the refinement here
+    overrides = [("refine." + o.strip()[4:]) if o.strip().startswith("tta.") else o for o in overrides]
+    bad = [o for o in overrides if not o.strip().startswith(EXPORT_SECTIONS)]
+    if bad:
+        raise InputError(f"overrides: only {'/'.join(s + '*' for s in EXPORT_SECTIONS)} settings can change after "
+                         f"training, got {bad}")
     check_out_file(dest, "DEST")
     ck, cfg = read_method_checkpoint(src)
-    small = {k: ck[k] for k in ("format", "method", "epoch", "step", "config", "history", "wall_time") if k in ck}
+    if overrides:
+        cfg = config_from_dict(config_mod.apply_overrides(config_mod.to_dict(cfg), overrides), "overrides")
+    small = {k: ck[k] for k in ("format", "method", "epoch", "step", "history", "wall_time") if k in ck}
+    small["config"] = config_mod.to_dict(cfg)
     small["model"] = {k: v.clone() for k, v in ck["model"].items()}
     torch_save(small, dest)
     config_mod.save(cfg, dest.with_suffix(".yaml"))
+    write_json(dest.with_name(dest.stem + "_summary.json"),
+               {"source": str(src), "method": cfg.method, "epochs_done": ck.get("epoch"),
+                "epochs_total": cfg.train.epochs, "wall_time_s": ck.get("wall_time"), "epochs": ck.get("history", [])})
     return dest
 
 

@@ -124,7 +124,11 @@ class RotationIPDF(nn.Module):
 # ----------------------------------------------------------------------------------------------- GraspGlow
 class ActNorm(nn.Module):
     """Per-dimension affine y = (x + loc)·exp(log_scale); initialised from the first training batch (zero mean, unit
-    variance), as in Glow."""
+    variance), as in Glow, when that batch has more samples than dimensions (else it stays the identity: n <= D
+    samples span at most n − 1 directions, and the steps would blow the others up by ~1e4 each, the loss to ~1e9);
+    the std is also floored at ``MIN_STD`` (the flow's inputs are O(1) by construction)."""
+
+    MIN_STD = 0.1
 
     def __init__(self, D: int):
         super().__init__()
@@ -135,9 +139,9 @@ class ActNorm(nn.Module):
     def forward(self, x):
         if self.training and not bool(self.ready):
             with torch.no_grad():
-                self.loc.copy_(-x.mean(0))
-                if x.shape[0] > 1:
-                    self.log_scale.copy_(-torch.log(x.std(0, unbiased=False) + 1e-6))
+                if x.shape[0] > x.shape[1]:
+                    self.loc.copy_(-x.mean(0))
+                    self.log_scale.copy_(-torch.log(x.std(0, unbiased=False).clamp_min(self.MIN_STD)))
                 self.ready.fill_(True)
         return (x + self.loc) * self.log_scale.exp(), self.log_scale.sum().expand(x.shape[0])
 
