@@ -280,7 +280,8 @@ class PalmarGeometry:
         self.bound = torch.cat([self.r + self.h, self.half.norm(dim=-1)])    # (G,) bounding-sphere radii
 
 
-def palmar_penetration(hand, rot, t, q, points: torch.Tensor, geom: PalmarGeometry | None = None) -> torch.Tensor:
+def palmar_penetration(hand, rot, t, q, points: torch.Tensor, geom: PalmarGeometry | None = None,
+                       max_elems: int = 1 << 23) -> torch.Tensor:
     """The authors' object-penetration term (their ``get_obj_penetration_loss``): Σ over the object points p inside
     the hand of d(p)² (m²), d = the distance from p to the palmar line of the capsule it is inside (the line on the
     capsule's palmar side, x, y = offset, at p's own axial position clamped to the segment: a point that entered
@@ -288,7 +289,9 @@ def palmar_penetration(hand, rot, t, q, points: torch.Tensor, geom: PalmarGeomet
     lfmetacarpal boxes (a mesh in their code) d = the depth below the nearest face.  A point inside several
     primitives counts the largest.  Poses (K, ...) as the hand API, points (K, P, 3) → (K,).
 
-    Only points inside some primitive's bounding sphere are evaluated (the others contribute 0 value and gradient).
+    Cost: the (hand, point, primitive) triples within a primitive's bounding sphere are found without autograd (in
+    chunks of ~max_elems distances), the inside test and the winning primitive of each point too; autograd then
+    evaluates one row per penetrating point (a hand touches few of an object's points).
     """
     g = geom or PalmarGeometry(hand, points.dtype, points.device)
     Rw, pw = hand.link_frames(rot, t, q)                                     # (K, L, 3, 3), (K, L, 3)
@@ -296,24 +299,41 @@ def palmar_penetration(hand, rot, t, q, points: torch.Tensor, geom: PalmarGeomet
     Rp = Rl @ g.R                                                            # (K, G, 3, 3) primitive frames
     cp = pw[:, g.link] + (Rl @ g.p[:, :, None]).squeeze(-1)                  # (K, G, 3) primitive centres
     points = points.to(cp)
+    K, P, G = points.shape[0], points.shape[1], cp.shape[1]
+    local = lambda k, p, j, R, c: ((points[k, p] - c[k, j])[:, None, :] @ R[k, j]).squeeze(1)   # (n, 3)
     with torch.no_grad():
-        near = (torch.cdist(points, cp.detach()) <= g.bound).any(-1)         # (K, P)
-        m = int(near.sum(1).max()) if near.numel() else 0
-    if m == 0:
-        return (cp * 0).sum((1, 2))                                          # zero, still connected to the graph
-    idx = near.to(torch.int8).topk(m, dim=1).indices                         # the near points first
-    keep = torch.gather(near, 1, idx)
-    x = torch.gather(points, 1, idx[..., None].expand(-1, -1, 3))            # (K, m, 3)
-    xl = torch.einsum("kmgi,kgij->kmgj", x[:, :, None] - cp[:, None], Rp)    # (K, m, G, 3) primitive coordinates
+        Rd, cd, rows = Rp.detach(), cp.detach(), []
+        step = max(1, max_elems // max(1, P * G))
+        for k0 in range(0, K, step):
+            kk, pp, jj = (torch.cdist(points[k0:k0 + step], cd[k0:k0 + step]) <= g.bound).nonzero(as_tuple=True)
+            rows.append((kk + k0, pp, jj))
+        k, p, j = (torch.cat(x) for x in zip(*rows))
+        val, inside = _palmar_rows(local(k, p, j, Rd, cd), j, g)
+        k, p, j, val = k[inside], p[inside], j[inside], val[inside]
+        # the winning primitive of each penetrating point: the largest value (sort by value, then stably by point)
+        order = torch.argsort(val, descending=True, stable=True)
+        order = order[torch.argsort(k[order] * P + p[order], stable=True)]
+        key = (k * P + p)[order]
+        first = torch.ones_like(key, dtype=torch.bool)
+        first[1:] = key[1:] != key[:-1]
+        win = order[first]
+        k, p, j = k[win], p[win], j[win]
+    val, _ = _palmar_rows(local(k, p, j, Rp, cp), j, g)
+    return (cp[:, 0, 0] * 0).index_add(0, k, val)                            # connected to the graph when empty
+
+
+def _palmar_rows(xl: torch.Tensor, j: torch.Tensor, g: PalmarGeometry) -> tuple[torch.Tensor, torch.Tensor]:
+    """Primitive coordinates xl (n, 3) of points in primitive j (n,) → (d² (n,), inside (n,) bool) (see
+    ``palmar_penetration``)."""
     C = g.n_caps
-    xc, z = xl[..., :C, :2], xl[..., :C, 2]
-    over = z - z.clamp(-g.h, g.h)                                            # axial overshoot past the segment
-    inside_c = (xc ** 2).sum(-1) + over ** 2 < g.r ** 2
-    d2_c = ((xc - g.offset) ** 2).sum(-1) + over ** 2                        # to the palmar line, same height
-    depth_b = (g.half - xl[..., C:, :].abs()).amin(-1)                       # > 0 inside the box
-    val = torch.cat([torch.where(inside_c, d2_c, torch.zeros_like(d2_c)),
-                     torch.where(depth_b > 0, depth_b ** 2, torch.zeros_like(depth_b))], -1)
-    return (val.amax(-1) * keep).sum(-1)
+    jc, jb = j.clamp(max=C - 1), (j - C).clamp(min=0)
+    h, r = g.h[jc], g.r[jc]
+    over = xl[:, 2] - torch.minimum(torch.maximum(xl[:, 2], -h), h)          # axial overshoot past the segment
+    in_cap = (xl[:, :2] ** 2).sum(-1) + over ** 2 < r ** 2
+    d2_cap = ((xl[:, :2] - g.offset[jc]) ** 2).sum(-1) + over ** 2            # to the palmar line, same height
+    depth = (g.half[jb] - xl.abs()).amin(-1)                                 # > 0 inside the box
+    cap = j < C
+    return torch.where(cap, d2_cap, depth ** 2), torch.where(cap, in_cap, depth > 0)
 
 
 def pairs_per_rank(k: int, device) -> float:

@@ -55,6 +55,7 @@ import torch.distributed as dist
 
 from . import config as config_mod
 from .errors import DgtrError, FileFormatError, InputError, MissingFileError
+from .files import torch_save, write_text
 from .losses import LossConfig, SetCriterion
 from .matcher import hungarian_match, save_assignments, to_query_assignment
 from .model import MIN_POINTS, ModelConfig, build_model
@@ -198,12 +199,6 @@ def load_weights(model: torch.nn.Module, state: dict, path="checkpoint") -> None
         detail = "; ".join(l.strip() for l in first[1:4]) or first[0] if first else ""
         raise FileFormatError(f"{path}: the weights do not fit the model of this config (checkpoint from another "
                               f"config?): {detail[:300]}") from None
-
-
-def _atomic_save(obj, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
 
 
 def _rng_state() -> dict:
@@ -750,9 +745,9 @@ def train(cfg: TrainConfig, data, out, resume: bool = False, device: str = "cpu"
                              "scheduler": sched.state_dict(), "rng": rngs, "config": config_mod.to_dict(cfg),
                              "static_assignment": static, "prev_assignment": prev_assign, "history": history,
                              "wall_time": wall, "world_size": d.world}
-                    _atomic_save(state, ckpt_path)
+                    torch_save(state, ckpt_path)
                     if s.keep_epoch_checkpoints:
-                        _atomic_save(state, out / f"checkpoint_epoch{epoch + 1:02d}.pt")
+                        torch_save(state, out / f"checkpoint_epoch{epoch + 1:02d}.pt")
             d.barrier()
 
         if d.main:
@@ -760,9 +755,7 @@ def train(cfg: TrainConfig, data, out, resume: bool = False, device: str = "cpu"
             summary = {"completed": done, "epochs": history, "wall_time_s": wall, "world_size": d.world,
                        "device": str(dev), "train_entries": len(train_ds), "val_entries": len(val_ds or []),
                        "static_assignment": "static_assignment.json" if static is not None else None}
-            tmp = out / "summary.json.tmp"
-            tmp.write_text(json.dumps(summary, indent=1))
-            os.replace(tmp, out / "summary.json")
+            write_text(out / "summary.json", json.dumps(summary, indent=1))
     finally:
         if writer is not None:
             writer.close()
@@ -829,11 +822,11 @@ def export_checkpoint(src, dest, overrides=()) -> Path:
     small = {k: ck[k] for k in ("format", "epoch", "step", "model", "config", "history", "wall_time", "world_size")
              if k in ck}
     small["model"] = {k: v.clone() for k, v in small["model"].items()}  # compact storage, not views of a larger one
-    _atomic_save(small, dest)
+    torch_save(small, dest)
     config_mod.save(cfg, dest.with_suffix(".yaml"))
     summary = {"source": str(src), "epochs_done": ck.get("epoch"), "epochs_total": cfg.total_epochs,
                "wall_time_s": ck.get("wall_time"), "world_size": ck.get("world_size"), "epochs": ck.get("history", [])}
-    dest.with_name(dest.stem + "_summary.json").write_text(json.dumps(summary, indent=1))
+    write_text(dest.with_name(dest.stem + "_summary.json"), json.dumps(summary, indent=1))
     return dest
 
 
