@@ -22,6 +22,7 @@ from typing import Any, TypeVar
 import yaml
 
 from .errors import FileFormatError, InputError, MissingFileError
+from .files import write_text
 
 T = TypeVar("T")
 
@@ -173,8 +174,4 @@ def apply_overrides(data: dict, overrides: typing.Iterable[str], moves: dict[str
 
 def save(cfg: Any, path: str | os.PathLike) -> None:
     """Write the resolved config as YAML, atomically."""
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = p.with_name(p.name + ".tmp")
-    tmp.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
-    os.replace(tmp, p)
+    write_text(path, yaml.safe_dump(to_dict(cfg), sort_keys=False))

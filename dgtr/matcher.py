@@ -26,6 +26,7 @@ import torch
 from scipy.optimize import linear_sum_assignment
 
 from .errors import FileFormatError, InputError, MissingFileError
+from .files import write_json
 
 __all__ = ["MatcherConfig", "match_cost", "hungarian_match", "to_query_assignment", "from_query_assignment",
            "check_assignment", "save_assignments", "load_assignments"]
@@ -110,11 +111,7 @@ def check_assignment(assignment, n_queries: int, n_gt: int, name: str = "assignm
 
 def save_assignments(path: str | os.PathLike, assignments: dict) -> None:
     """Write ``{key: (Q,) ints}`` (key = object/sample id) as JSON, atomically."""
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = p.with_name(p.name + ".tmp")
-    tmp.write_text(json.dumps({str(k): [int(x) for x in np.asarray(v).tolist()] for k, v in assignments.items()}))
-    os.replace(tmp, p)
+    write_json(path, {str(k): [int(x) for x in np.asarray(v).tolist()] for k, v in assignments.items()}, indent=None)
 
 
 def load_assignments(path: str | os.PathLike) -> dict[str, np.ndarray]:
