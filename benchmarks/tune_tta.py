@@ -38,11 +38,11 @@ from dgtr.data import load_grasps
 from dgtr.hand import get_hand
 from dgtr.metrics import gated_q1, penetration_depth, q1
 from dgtr.objects import load_object
+from dgtr.predict import score_grasps
 from dgtr.rotations import matrix_from_axis_angle
 from dgtr.tta import TTAConfig, adapt
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "dexgraspnet"
-CONTACT = 0.005
 
 
 def grasp_sets(data: Path, per_object: int, seed: int = 0, push: float = 0.004):
@@ -104,9 +104,7 @@ def measure(hand, objs, cfg: TTAConfig | None, mesh: bool = True) -> dict:
         q1s.append(q1(hand, obj, R2, t2, q2))
         with torch.no_grad():
             pen.append(penetration_depth(hand, pts, R2, t2, q2) * 1e3)
-            kp = hand.contact_candidates(R2, t2, q2)
-            d = torch.cdist(kp, pts[None].expand(len(kp), -1, -1)).amin(-1)
-            contacts.append((d < CONTACT).sum(-1).numpy())
+            contacts.append(score_grasps(hand, pts, R2, t2, q2)["contact_points"])   # the DGTR* 5 mm rule
             spen.append(hand.self_penetration(R2, t2, q2).numpy())
             dt.append(((t2 - t).norm(dim=-1) * 1e3).numpy())
     pen, q1s = np.concatenate(pen), np.concatenate(q1s)
