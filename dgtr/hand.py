@@ -211,7 +211,54 @@ def _sample_primitive(p: Primitive, n: int, rng: np.random.Generator) -> np.ndar
         axis = rng.choice(3, size=n, p=face_area / face_area.sum())
         local = rng.uniform(-1, 1, size=(n, 3)) * a
         local[np.arange(n), axis] = np.where(rng.random(n) < 0.5, -1, 1) * a[axis]
-    return local @ _quat_to_matrix_np(p.quat).T + p.pos
+    return _to_link(p, local)
+
+
+def _to_link(p: Primitive, local: np.ndarray) -> np.ndarray:
+    """Points (n, 3) in primitive p's centre frame -> its link's frame."""
+    return local @ _quat_to_matrix_np(p.quat).T + np.asarray(p.pos, dtype=np.float64)
+
+
+def _grid_box(half: np.ndarray, spacing: float) -> np.ndarray:
+    """Grid points on the 6 faces of a box with half extents (3,), in its centre frame: (P, 3), edges once."""
+    pts = []
+    for ax in range(3):
+        a, b = [i for i in range(3) if i != ax]
+        ga = np.linspace(-half[a], half[a], max(2, int(np.ceil(2 * half[a] / spacing)) + 1))
+        gb = np.linspace(-half[b], half[b], max(2, int(np.ceil(2 * half[b] / spacing)) + 1))
+        A, B = np.meshgrid(ga, gb, indexing="ij")
+        for sign in (-1, 1):
+            p = np.zeros((A.size, 3))
+            p[:, a], p[:, b], p[:, ax] = A.ravel(), B.ravel(), sign * half[ax]
+            pts.append(p)
+    return np.unique(np.concatenate(pts).round(9), axis=0)
+
+
+def _grid_capsule(radius: float, half_length: float, spacing: float) -> np.ndarray:
+    """Rings of points on a capsule whose axis runs along z from -half_length to +half_length, in its centre
+    frame: (P, 3) (side rings, cap latitudes and the two poles)."""
+    n_ang = max(8, int(np.ceil(2 * np.pi * radius / spacing)))
+    ang = 2 * np.pi * np.arange(n_ang) / n_ang
+    ring = np.stack([np.cos(ang), np.sin(ang)], 1) * radius
+    zs = np.linspace(-half_length, half_length, max(2, int(np.ceil(2 * half_length / spacing)) + 1))
+    side = np.concatenate([np.column_stack([ring, np.full(n_ang, z)]) for z in zs])
+    lats = np.linspace(0, np.pi / 2, max(2, int(np.ceil(np.pi / 2 * radius / spacing)) + 1))[1:]
+    caps = [np.array([[0, 0, -half_length - radius], [0, 0, half_length + radius]])]
+    for lat in lats[:-1]:
+        r, dz = radius * np.cos(lat), radius * np.sin(lat)
+        caps += [np.column_stack([ring / radius * r, np.full(n_ang, -half_length - dz)]),
+                 np.column_stack([ring / radius * r, np.full(n_ang, half_length + dz)])]
+    return np.concatenate([side] + caps)
+
+
+def _grid_primitive(p: Primitive, spacing: float) -> np.ndarray:
+    """Deterministic surface points of primitive p, about ``spacing`` apart, in its link frame -> (P, 3)."""
+    size = np.asarray(p.size, dtype=np.float64).ravel()
+    if p.kind == "box":
+        return _to_link(p, _grid_box(size, spacing))
+    if p.kind == "capsule":
+        return _to_link(p, _grid_capsule(float(size[0]), float(size[1]), spacing))
+    raise ValueError(f"unknown primitive kind {p.kind!r}")
 
 
 class ShadowHand:
@@ -478,6 +525,27 @@ class ShadowHand:
         # homogeneous link coordinates in its link's 4 rows (12x faster than gathering a frame per point)
         A = torch.cat([Rw, pw[..., None]], -1).permute(0, 2, 1, 3).reshape(Rw.shape[0], 3, -1)
         return (A @ getattr(c, "E_" + names[kind])).transpose(1, 2).contiguous()
+
+    def primitive_grid(self, spacing: float = 0.0025, min_size: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+        """Deterministic surface points of the collision primitives, about ``spacing`` apart (the evaluation's Q1
+        contact search; ``surface_points(kind='collision')`` is the random area-weighted sample used in training).
+        Primitives all of whose sizes are below ``min_size`` are left out. Returns points (P, 3) float64 in their
+        link frames and their link indices (P,) (into ``link_names``), in ``primitives`` order; cached."""
+        key = ("grid", float(spacing), float(min_size))
+        if key not in self._cache:
+            prims = [p for p in self.primitives if np.max(p.size) >= min_size]
+            pts = [_grid_primitive(p, spacing) for p in prims]
+            link = np.concatenate([np.full(len(x), self.link_names.index(p.link)) for p, x in zip(prims, pts)])
+            self._cache[key] = (torch.from_numpy(np.concatenate(pts)), torch.from_numpy(link))
+        return self._cache[key]
+
+    @staticmethod
+    def pose_points(frames, points: torch.Tensor, link: torch.Tensor) -> torch.Tensor:
+        """Any points fixed in links, posed by ``link_frames`` output: points (P, 3) in their links' frames, link
+        (P,) indices into ``link_names`` -> (B, P, 3) in the object frame (``frame_points`` is the precomputed
+        fast path of the hand's own point sets)."""
+        Rw, pw = frames
+        return (Rw[:, link] @ points.to(Rw.dtype)[None, :, :, None]).squeeze(-1) + pw[:, link]
 
     def _pose_points(self, rot, t, q, kind: str) -> torch.Tensor:
         return self.frame_points(self.link_frames(rot, t, q), kind)

@@ -15,10 +15,10 @@ import numpy as np
 import torch
 from scipy.spatial import ConvexHull, QhullError
 
-from .rotations import euler_from_matrix, matrix_from_quaternion
+from .rotations import euler_from_matrix
 
 __all__ = [
-    "PEN_THRESHOLD", "CONTACT_THRESHOLD", "friction_cone_wrenches", "q1_from_contacts", "primitive_surface_points",
+    "PEN_THRESHOLD", "CONTACT_THRESHOLD", "friction_cone_wrenches", "q1_from_contacts",
     "link_contacts", "q1", "penetration_depth", "gated_q1", "fibonacci_sphere", "occupancy", "diversity",
 ]
 
@@ -82,76 +82,12 @@ def q1_from_contacts(contacts: np.ndarray, normals: np.ndarray, mu: float = MU, 
     return min(q, 1.0) if q > 1e-9 else 0.0
 
 
-def _box_surface(half: np.ndarray, spacing: float) -> np.ndarray:
-    """Grid points on the 6 faces of a box with half extents (3,), in its frame: (P, 3)."""
-    pts = []
-    for ax in range(3):
-        a, b = [i for i in range(3) if i != ax]
-        ga = np.linspace(-half[a], half[a], max(2, int(np.ceil(2 * half[a] / spacing)) + 1))
-        gb = np.linspace(-half[b], half[b], max(2, int(np.ceil(2 * half[b] / spacing)) + 1))
-        A, B = np.meshgrid(ga, gb, indexing="ij")
-        for sign in (-1, 1):
-            p = np.zeros((A.size, 3))
-            p[:, a], p[:, b], p[:, ax] = A.ravel(), B.ravel(), sign * half[ax]
-            pts.append(p)
-    return np.unique(np.concatenate(pts).round(9), axis=0)
-
-
-def _capsule_surface(radius: float, half_length: float, spacing: float) -> np.ndarray:
-    """Points on a capsule whose axis runs along z from -half_length to +half_length (MuJoCo), in its frame: (P, 3)."""
-    n_ang = max(8, int(np.ceil(2 * np.pi * radius / spacing)))
-    ang = 2 * np.pi * np.arange(n_ang) / n_ang
-    ring = np.stack([np.cos(ang), np.sin(ang)], 1) * radius
-    zs = np.linspace(-half_length, half_length, max(2, int(np.ceil(2 * half_length / spacing)) + 1))
-    side = np.concatenate([np.column_stack([ring, np.full(n_ang, z)]) for z in zs])
-    # hemispherical caps: rings of latitude, plus the poles
-    lats = np.linspace(0, np.pi / 2, max(2, int(np.ceil(np.pi / 2 * radius / spacing)) + 1))[1:]
-    caps = [np.array([[0, 0, -half_length - radius], [0, 0, half_length + radius]])]
-    for lat in lats[:-1]:
-        r, dz = radius * np.cos(lat), radius * np.sin(lat)
-        caps += [np.column_stack([ring / radius * r, np.full(n_ang, -half_length - dz)]),
-                 np.column_stack([ring / radius * r, np.full(n_ang, half_length + dz)])]
-    return np.concatenate([side] + caps)
-
-
-def primitive_surface_points(hand, spacing: float = 0.0025) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
-    """Surface samples of the hand's collision primitives, grouped by link (cached on the hand object).
-
-    Returns points (P, 3) in their link's frame, ``slot`` (P,) long index into ``links`` and ``links``: the link
-    indices (into ``hand.tree``) that carry a primitive, in first-seen order. The 1 mm boxes are skipped.
-    """
-    key = ("_metrics_surface", spacing)
-    cache = hand.__dict__.setdefault("_dgtr_cache", {})
-    if key in cache:
-        return cache[key]
-    pts, slots, links = [], [], []
-    for prim in hand.primitives:
-        size = np.asarray(prim.size, dtype=np.float64).ravel()
-        if prim.kind == "box":
-            if size.max() < _TINY_PRIMITIVE:
-                continue
-            p = _box_surface(size, spacing)
-        elif prim.kind == "capsule":
-            p = _capsule_surface(float(size[0]), float(size[1]), spacing)
-        else:
-            raise ValueError(f"unknown primitive kind {prim.kind!r}")
-        rot = matrix_from_quaternion(torch.as_tensor(np.asarray(prim.quat, dtype=np.float64))).numpy()
-        p = p @ rot.T + np.asarray(prim.pos, dtype=np.float64)
-        li = hand.link_names.index(prim.link) if isinstance(prim.link, str) else int(prim.link)
-        if li not in links:
-            links.append(li)
-        pts.append(p)
-        slots.append(np.full(len(p), links.index(li)))
-    out = (torch.as_tensor(np.concatenate(pts)), torch.as_tensor(np.concatenate(slots)), links)
-    cache[key] = out
-    return out
-
-
-def _hand_points(hand, rot, t, q, pts_link, slot, links) -> torch.Tensor:
-    """Primitive samples (P, 3) of their links -> object frame (B, P, 3)."""
-    T = hand.link_transforms(rot, t, q)[:, links].to(pts_link.dtype)  # (B, L', 4, 4)
-    Ti = T[:, slot]                                                     # (B, P, 4, 4)
-    return (Ti[..., :3, :3] @ pts_link[None, :, :, None]).squeeze(-1) + Ti[..., :3, 3]
+def _link_grid(hand, spacing: float) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
+    """The hand's primitive surface grid (DexGraspNet's 1 mm boxes left out) -> points (P, 3) in their link frames,
+    link indices (P,) and ``slot`` (P,) = position of each point's link among the links that carry points."""
+    pts, link = hand.primitive_grid(spacing, min_size=_TINY_PRIMITIVE)
+    _, slot = np.unique(link.numpy(), return_inverse=True)
+    return pts, link, slot
 
 
 def link_contacts(hand, obj, rot: torch.Tensor, t: torch.Tensor, q: torch.Tensor,
@@ -166,13 +102,13 @@ def link_contacts(hand, obj, rot: torch.Tensor, t: torch.Tensor, q: torch.Tensor
     The exact signed distance (robust inside test by the convex pieces) is too slow for every sample, so a plane
     proxy picks ``candidates`` samples per link and the exact distance decides among them.
     """
-    pts_link, slot, links = primitive_surface_points(hand, spacing)
+    pts_link, link, slot = _link_grid(hand, spacing)
     dtype = torch.float64
     with torch.no_grad():
-        x = _hand_points(hand, rot.to(dtype), t.to(dtype), q.to(dtype), pts_link, slot, links).numpy()  # (B, P, 3)
-    B, L = x.shape[0], len(links)
+        frames = hand.link_frames(rot.to(dtype), t.to(dtype), q.to(dtype))
+        x = hand.pose_points(frames, pts_link, link).numpy()               # (B, P, 3)
+    B, L = x.shape[0], slot.max() + 1
     phi = obj.plane_distance(x.reshape(-1, 3), reach=threshold).reshape(B, -1)
-    slot = slot.numpy()
     cand, cphi = [], []
     for l in range(L):  # the `candidates` samples of each link with the smallest proxy
         xl, pl = x[:, slot == l], phi[:, slot == l]
