@@ -284,15 +284,18 @@ class Predictor:
         """``score_grasps`` with this predictor's hand."""
         return score_grasps(self.cpu_hand, points, R, t, q)
 
-    def predict(self, inp: NetworkInput, tta: bool = True, top_k: int | None = None):
-        """``NetworkInput`` → GraspSet in the caller's frame (Q grasps, or the best ``top_k``)."""
+    def predict(self, inp: NetworkInput, tta: bool = True, top_k: int | None = None,
+                network_points: torch.Tensor | None = None):
+        """``NetworkInput`` → GraspSet in the caller's frame (Q grasps, or the best ``top_k``).  network_points (N, 3):
+        what the network sees instead of ``inp.points`` (AB-TTA and scores still use the object), for controls such
+        as ``benchmarks/shape_blind.py``."""
         from .data import GraspSet
         from .tta import adapt
 
         if top_k is not None and not 1 <= int(top_k) <= self.cfg.model.n_queries:
             raise InputError(f"top_k: expected 1..{self.cfg.model.n_queries}, got {top_k}")
         pts = inp.points
-        R, t, q = self.raw(pts)
+        R, t, q = self.raw(pts if network_points is None else network_points)
         if tta:  # in the network frame, like the forward pass: shifted copies get the same refinement
             dev = self.device
             R, t, q = adapt(self.hand, pts.to(dev), R.to(dev), t.to(dev), q.to(dev), self.tta_config, obj=inp.obj)

@@ -111,6 +111,26 @@ def test_bundled_default_checkpoint_predicts():
     assert g.translation.std(0).mean() > 5e-3
 
 
+def test_network_points_change_only_what_the_network_sees():
+    """The shape-blind control's hook: another cloud for the network, the object's own for scoring."""
+    import sys
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from shape_blind import sphere_like
+
+    predictor = dgtr.load("default")
+    pts = torch.as_tensor(np.random.default_rng(1).normal(size=(4096, 3)) * [0.05, 0.02, 0.01], dtype=torch.float32)
+    inp = predictor.to_network(pts)
+    plain = predictor.predict(inp, tta=False)
+    same = predictor.predict(inp, tta=False, network_points=inp.points)
+    sphere = sphere_like(inp.points)
+    assert torch.allclose(sphere.norm(dim=-1), inp.points.norm(dim=-1).mean().expand(4096), atol=1e-5)
+    blind = predictor.predict(inp, tta=False, network_points=sphere)
+    assert torch.equal(plain.translation, same.translation)
+    assert (plain.translation - blind.translation).abs().max() > 1e-4     # the network saw something else
+    R, t, q = predictor.raw(sphere)                                      # ... but it is scored on the object
+    assert np.array_equal(blind.extra["penetration"], predictor.score(inp.points, R, t, q)["penetration"])
+
+
 def test_bad_input(trained, tmp_path):
     _, ckpt = trained
     predictor = dgtr.load(ckpt)
