@@ -19,7 +19,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from dgtr.data import GraspSet, list_grasp_files, load_grasps, save_grasps  # noqa: E402
-from dgtr.evaluate import evaluate, format_table, write_json_atomic  # noqa: E402
+from dgtr.evaluate import evaluate, format_table  # noqa: E402
+from dgtr.files import write_json  # noqa: E402
 from dgtr.simulate import SimConfig  # noqa: E402
 
 
@@ -51,13 +52,13 @@ def main(argv=None) -> int:
         t0 = time.time()
         rep = evaluate(grasp_dir, root / "meshdata", limit_per_object=args.limit_per_object, workers=args.workers,
                        sim_config=cfg)
-        write_json_atomic(out / f"{name}.json", rep)
+        write_json(out / f"{name}.json", rep)
         print(f"\n== {name} ({time.time() - t0:.0f} s)\n{format_table(rep)}", flush=True)
         o = rep["overall"]
         summary[name] = {k: o[k] for k in ("n", "success_all6", "success_any", "success_by_direction", "pen_cm",
                                            "eta_np", "q1", "q1_raw", "eta_tb", "delta_t", "delta_r", "delta_q")}
         summary[name]["per_object_all6"] = {c: v["success_all6"] for c, v in rep["objects"].items()}
-    write_json_atomic(out / "summary.json", summary)
+    write_json(out / "summary.json", summary)
     print(json.dumps(summary, indent=1))
     ok = summary["real"]["success_all6"] >= 85 and summary["moved_back"]["success_all6"] <= 20
     print(f"real all6 {summary['real']['success_all6']:.1f}% (target >= 85), moved back all6 "

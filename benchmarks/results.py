@@ -3,17 +3,26 @@
     python benchmarks/results.py [--spec benchmarks/results.yaml] [--out results/main] [--workers 2] [--no-sim]
                                  [--suites test,real] [--rows "DGTR + AB-TTA,..."]
 
-The spec (YAML) names the suites (a DexGraspNet-layout grasp folder, its meshes and optionally a split) and the rows
-(ground truth, or a checkpoint with AB-TTA on/off and top-k).  Each row of each suite predicts, for every object, at
-every scale its ground truth holds (the reference's protocol), writes ``<out>/<suite>/<row>/<code>.npy`` and evaluates
-it with ``dgtr.evaluate.evaluate`` into ``metrics.json`` there.  Finished rows are skipped (delete the folder to redo
-one; rows scored with a different --sim/--no-sim or defined differently are redone), so a killed run resumes.  ``<out>/results.md`` and ``results.json`` gather every finished row, next to the
-paper's DGTR row (Table 1), with the inference time (forward + AB-TTA, per object and scale, median, this machine).
+The spec (YAML) names the suites (a DexGraspNet-layout grasp folder, its meshes, optionally a split and the scales)
+and the rows (ground truth, or a checkpoint with AB-TTA on/off and top-k).  Each prediction row predicts every
+(object, scale) entry of its suite: every object of the split (or every grasp file) at every scale of the suite
+(``scales:``, else the dataset's ``manifest.json`` scales, else the scales its ground truth holds), with or without
+ground-truth grasps (prediction needs none); it writes ``<out>/<suite>/<row>/<code>.npy`` and a ``provenance.json``
+(checkpoint sha256, effective AB-TTA config) and scores them with ``dgtr.evaluate.evaluate`` (on its own object
+samples, never prediction's) into ``metrics.json`` there.  The ground-truth row scores the entries that have grasps.
+
+A finished row is reused only if its record (``row`` in metrics.json: the row's definition, --sim, the checkpoint's
+sha256, the effective AB-TTA config, the evaluation's sampling settings, the scales) equals what this run would
+compute; otherwise it is redone (the keys that differ are printed), so a killed run resumes and a re-exported
+checkpoint or a changed evaluation is never served from the cache.  ``<out>/results.md`` and ``results.json`` gather
+every finished row, next to the paper's DGTR row (Table 1), with the inference time (forward + AB-TTA, per object and
+scale, median, this machine).
 """
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
 import json
 import platform
 import re
@@ -27,8 +36,9 @@ import torch
 import yaml
 
 from dgtr.data import GraspSet, load_grasps, mesh_path, read_splits, save_grasps
-from dgtr.evaluate import evaluate, write_json_atomic
-from dgtr.objects import load_object
+from dgtr.evaluate import PROVENANCE_FILE, evaluate, sampling_config, sha256_file
+from dgtr.files import write_json, write_text
+from dgtr.objects import list_objects, load_object
 
 PAPER_DGTR = {"q1": 0.0515, "pen_cm": 0.421, "eta_np": 75.78, "eta_tb": 69.62, "success": 41.0,
               "delta_t": 47.77, "delta_r": 51.66, "delta_q": 27.81}
@@ -43,64 +53,113 @@ def slug(name: str) -> str:
 
 
 def suite_objects(suite: dict, root: Path) -> tuple[Path, Path, list[str]]:
+    """(grasp folder, mesh folder, object codes): the split's objects that have a mesh (with or without a grasp
+    file), or every grasp file's object when the suite has no split."""
     grasps, meshes = root / suite["grasps"], root / suite["meshes"]
     if not grasps.is_dir() or not meshes.is_dir():
         raise SystemExit(f"suite: {grasps} or {meshes} not found")
-    codes = sorted(p.stem for p in grasps.glob("*.npy"))
     if suite.get("split"):
         file, name = suite["split"].rsplit(":", 1)
-        keep = set(read_splits(root / file)[name])
-        codes = [c for c in codes if c in keep]
+        have_mesh = list_objects(str(meshes))
+        codes = sorted(c for c in read_splits(root / file)[name] if c in have_mesh)
+    else:
+        codes = sorted(p.stem for p in grasps.glob("*.npy"))
     return grasps, meshes, codes
 
 
-def predict_row(row: dict, grasps: Path, meshes: Path, codes: list[str], out: Path, root: Path) -> list[float]:
-    """Predict every object at its ground-truth scales; returns the per-(object, scale) inference times (s)."""
+def suite_scales(suite: dict, grasps: Path) -> list[float] | None:
+    """The suite's scales (every object is predicted at each): ``scales:`` of the spec, else the dataset's
+    manifest.json (``dgtr synth`` writes it), else None (each object at the scales its ground truth holds)."""
+    if suite.get("scales"):
+        return [float(s) for s in suite["scales"]]
+    manifest = grasps.parent / "manifest.json"
+    if manifest.is_file():
+        scales = json.loads(manifest.read_text()).get("scales")
+        if scales:
+            return [float(s) for s in scales]
+    return None
+
+
+def object_scales(code: str, grasps: Path, scales: list[float] | None) -> list[float]:
+    if scales is not None:
+        return sorted(round(s, 6) for s in scales)
+    f = grasps / f"{code}.npy"
+    return sorted({round(float(s), 6) for s in load_grasps(f).scale}) if f.is_file() else []
+
+
+def load_predictor(row: dict, root: Path):
+    """The row's predictor with its AB-TTA overrides applied, and its provenance record (checkpoint sha256, the
+    effective AB-TTA config; JSON-normalised so that it compares equal to a record read back)."""
     import dgtr
+    from dgtr.predict import DEFAULT_CHECKPOINT
 
     ckpt = row["checkpoint"]
-    predictor = dgtr.load(ckpt if ckpt == "default" else root / ckpt)
+    path = DEFAULT_CHECKPOINT if ckpt == "default" else root / ckpt
+    predictor = dgtr.load(path)
     # replace() rejects an unknown key in the spec, check() a bad value
     predictor.tta_config = dataclasses.replace(predictor.tta_config, **(row.get("tta_overrides") or {}))
     predictor.tta_config.check()
+    prov = {"checkpoint": str(ckpt), "checkpoint_sha256": sha256_file(path), "tta": bool(row.get("tta", True)),
+            "tta_config": dataclasses.asdict(predictor.tta_config) if row.get("tta", True) else None,
+            "top_k": row.get("top_k")}
+    return predictor, json.loads(json.dumps(prov))
+
+
+def predict_row(row: dict, predictor, grasps: Path, meshes: Path, codes: list[str], scales, out: Path) -> list[float]:
+    """Predict every object at every scale (``object_scales``); returns the per-(object, scale) inference times (s)."""
     times = []
     for code in codes:
-        scales = sorted({round(float(s), 6) for s in load_grasps(grasps / f"{code}.npy").scale})
         base = load_object(mesh_path(meshes, code), code=code)
         sets = []
-        for s in scales:
+        for s in object_scales(code, grasps, scales):
             pts, obj, _ = predictor.prepare(base, s, code)
             t0 = time.perf_counter()
             sets.append(predictor.predict_points(pts, obj, s, code, tta=row.get("tta", True), top_k=row.get("top_k")))
             times.append(time.perf_counter() - t0)
         save_grasps(out / f"{code}.npy", GraspSet.concat(sets))
-        print(f"  {code}: {len(scales)} scales, {sum(len(g) for g in sets)} grasps", flush=True)
+        print(f"  {code}: {len(sets)} scales, {sum(len(g) for g in sets)} grasps", flush=True)
     return times
 
 
 def run_row(row: dict, suite_name: str, suite: dict, args, root: Path) -> dict:
     out = Path(args.out) / suite_name / slug(row["name"])
     report_path = out / "metrics.json"
-    if report_path.exists():
-        old = json.loads(report_path.read_text())
-        # redo a row whose definition changed (e.g. its AB-TTA overrides); a checkpoint re-exported under the same
-        # path is not detected: delete the row's folder then
-        if old["row"].get("sim") == args.sim and all(old["row"].get(k) == v for k, v in row.items()):
-            return old
     grasps, meshes, codes = suite_objects(suite, root)
+    scales = suite_scales(suite, grasps)
+    predictor = None
+    if row.get("checkpoint"):
+        predictor, prov = load_predictor(row, root)
+    else:  # the ground truth: a regenerated dataset is a new row
+        files = [grasps / f"{c}.npy" for c in codes if (grasps / f"{c}.npy").is_file()]
+        prov = {"ground_truth": str(suite["grasps"]),
+                "grasps_sha256": hashlib.sha256("".join(sha256_file(f) for f in files).encode()).hexdigest()}
+    # everything the numbers depend on (besides the code): a cached row with another record is recomputed
+    record = json.loads(json.dumps(dict(row, suite=suite_name, sim=args.sim, provenance=prov,
+                                        sampling=sampling_config(), scales=scales, objects=codes)))
+    if report_path.exists():
+        old = json.loads(report_path.read_text()).get("row", {})
+        differ = sorted(k for k in set(record) | set(old) if k not in ("wall_s", "time_ms")
+                        and old.get(k) != record.get(k))
+        if not differ:
+            return json.loads(report_path.read_text())
+        print(f"[{suite_name}] {row['name']}: recomputing ({', '.join(differ)} changed)", flush=True)
     print(f"[{suite_name}] {row['name']}: {len(codes)} objects", flush=True)
     t0 = time.time()
     times = []
-    if row.get("checkpoint"):
+    if predictor is not None:
         out.mkdir(parents=True, exist_ok=True)
-        times = predict_row(row, grasps, meshes, codes, out, root)
-        grasp_dir = out
-    else:
-        grasp_dir = grasps
-    report = evaluate(grasp_dir, meshes, objects=codes, sim=args.sim, workers=args.workers, progress=False)
-    report["row"] = dict(row, suite=suite_name, sim=args.sim, wall_s=round(time.time() - t0, 1),
+        for f in out.glob("*.npy"):  # predictions of a former run (e.g. an object no longer in the split)
+            f.unlink()
+        write_json(out / PROVENANCE_FILE, prov)
+        times = predict_row(row, predictor, grasps, meshes, codes, scales, out)
+        grasp_dir, objects = out, codes
+    else:  # the entries that have ground truth
+        grasp_dir, objects = grasps, [c for c in codes if (grasps / f"{c}.npy").is_file()]
+    report = evaluate(grasp_dir, meshes, objects=objects, sim=args.sim, workers=args.workers, progress=False,
+                      provenance=prov)
+    report["row"] = dict(record, wall_s=round(time.time() - t0, 1),
                          time_ms=round(1e3 * statistics.median(times), 1) if times else None)
-    write_json_atomic(report_path, report)
+    write_json(report_path, report)
     return report
 
 
@@ -139,12 +198,13 @@ def main() -> int:
             o = dict(rep["overall"], time_ms=rep["row"].get("time_ms"))
             got.append((row["name"], o))
             results.setdefault(sname, {})[row["name"]] = o
-        paper = dict(PAPER_DGTR, success_any=PAPER_DGTR["success"], success_all6=PAPER_DGTR["success"])  # one success column in the paper
+        # the paper's one success figure is "holds under any one of six directions" (its text): the any column only
+        paper = dict(PAPER_DGTR, success_any=PAPER_DGTR["success"])
         md += ["", f"### {suite.get('title', sname)}", "", table(got + [("paper DGTR (Table 1, DexGraspNet test)",
                                                                            paper)])]
     Path(args.out).mkdir(parents=True, exist_ok=True)
-    (Path(args.out) / "results.md").write_text("\n".join(md) + "\n")
-    write_json_atomic(Path(args.out) / "results.json", results)
+    write_text(Path(args.out) / "results.md", "\n".join(md) + "\n")
+    write_json(Path(args.out) / "results.json", results)
     print("\n".join(md))
     return 0
 

@@ -21,7 +21,8 @@ import numpy as np
 import torch
 
 from dgtr.data import GraspSet, load_grasps, read_splits, save_grasps
-from dgtr.evaluate import evaluate, select_evenly, write_json_atomic
+from dgtr.evaluate import evaluate, select_evenly
+from dgtr.files import write_json
 from dgtr.hand import get_hand
 from dgtr.rotations import matrix_from_axis_angle
 from dgtr.simulate import SimConfig
@@ -76,7 +77,7 @@ def main() -> int:
         for cond, folder, sim_cfg in conds:
             rep = evaluate(folder, root / "meshdata", objects=codes, sim=True, workers=args.workers, sim_config=sim_cfg,
                            progress=False)
-            write_json_atomic(args.out / f"{name.split()[0]}_{cond.replace(' ', '_').replace('/', '')}.json", rep)
+            write_json(args.out / f"{name.split()[0]}_{cond.replace(' ', '_').replace('/', '')}.json", rep)
             o = rep["overall"]
             lines.append(f"{name:<28} {cond:<34} {o['n']:>5d} {o['success_all6']:7.2f} {o['success_any']:7.2f}")
             print(lines[-1], flush=True)

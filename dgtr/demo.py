@@ -55,7 +55,8 @@ def run_demo(args) -> int:
     from . import config
     from .cli import check_out_dir
     from .data import save_grasps
-    from .evaluate import evaluate, format_table, write_json_atomic
+    from .evaluate import evaluate, format_table
+    from .files import write_json
     from .predict import DEFAULT_CHECKPOINT, print_table
     from .synth import SynthConfig, prepare_mesh, synth_object
     from .view import write_pictures
@@ -92,7 +93,7 @@ def run_demo(args) -> int:
         write_pictures(out / code, grasps, get_hand(), mesh=obj.mesh, title=f"{code} × {args.scale:g} ({what})")
         report = evaluate(out / "dataset", out / "meshdata", objects=[code], sim=args.sim, workers=args.workers,
                           progress=False)
-        write_json_atomic(out / "metrics.json", report)
+        write_json(out / "metrics.json", report)
         print(format_table(report))
     print(f"outputs in {out}/ (dataset/{code}.npy, {code}.html, {code}.png, metrics.json); "
           f"total {time.perf_counter() - t0:.1f} s")

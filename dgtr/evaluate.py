@@ -3,7 +3,11 @@
 GRASP_DIR holds DexGraspNet grasp files ``<code>.npy`` (or a ``dataset/`` folder with them); ``--meshes`` a DexGraspNet
 ``meshdata/`` folder or a folder of ``<code>.<ext>`` meshes. Work is split into chunks of grasps of one object and
 scale and farmed out to ``--workers`` processes; each chunk is computed the same way whichever process runs it, so
-results depend only on the inputs and ``--seed`` (which fixes the object surface samples of the Pen. metric).
+results depend only on the inputs and ``--seed``.
+
+Independent scoring (DESIGN.md §5): the object surface samples of the Pen. metric come from a seed stream of their own
+(``eval_seed``: per object, never a seed that prediction, AB-TTA or DGTR*'s ranking samples with), so no grasp is
+scored on the points it was optimised or ranked on.
 
 Output (JSON, written atomically): ``overall`` and per-object means and counts, per-grasp values, the grasps that
 could not be scored or simulated (``errors``: non-finite, unstable) and the configuration. Units: Pen. in cm;
@@ -13,22 +17,66 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
 import json
 import os
 import sys
 import time
+import zlib
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
 import numpy as np
 
-from .errors import InputError, MissingFileError
+from .errors import DgtrError, FileFormatError, InputError, MissingFileError
+from .files import write_json
 
-__all__ = ["evaluate", "summarize", "format_table", "add_eval_args", "run_eval", "select_evenly"]
+__all__ = ["evaluate", "summarize", "format_table", "add_eval_args", "run_eval", "select_evenly", "eval_seed",
+           "eval_points", "sampling_config", "sha256_file", "read_provenance", "PROVENANCE_FILE"]
 
 CHUNK = 8            # grasps per work item: ~3 s of simulation, small enough to balance 2-16 workers
-N_OBJECT_POINTS = 4096
+EVAL_POINTS = 4096   # Pen. samples per object (the paper's 4096): a setting of its own, not the model's n_points
+# Evaluation seeds start at 2**20: prediction, AB-TTA and the DGTR* ranking sample objects with seed 0 (topped up
+# with 0 + 7919 k, k < 8) and the object k-d tree with 12345, all below it, so no eval sample is one of theirs.
+EVAL_SEED_OFFSET = 1 << 20
+SEED_RULE = "2**20 + crc32('<code>:<seed>') % 2**30"
 SCALE_ATOL = 1e-4    # DexGraspNet stores scales as float32
+PROVENANCE_FILE = "provenance.json"  # beside predicted grasp files: checkpoint sha256, AB-TTA config (copied in)
+
+
+def eval_seed(code: str, seed: int = 0) -> int:
+    """Seed of the Pen. surface samples of object ``code`` (``SEED_RULE``): its own stream per object and ``seed``."""
+    return EVAL_SEED_OFFSET + zlib.crc32(f"{code}:{int(seed)}".encode()) % (1 << 30)
+
+
+def eval_points(obj, code: str, seed: int = 0) -> np.ndarray:
+    """The evaluation's surface samples of an ObjectModel: (EVAL_POINTS, 3) float32 at the object's scale."""
+    return obj.sample_points(EVAL_POINTS, seed=eval_seed(code, seed))
+
+
+def sampling_config(seed: int = 0) -> dict:
+    """How the Pen. samples were drawn (recorded in every report; benchmarks/results.py redoes rows that differ)."""
+    return {"points": EVAL_POINTS, "seed": int(seed), "seed_rule": SEED_RULE, "fps": True}
+
+
+def sha256_file(path) -> str:
+    """Hex sha256 of a file's bytes (checkpoints are 15 MB: read in 1 MB blocks)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def read_provenance(folder) -> dict | None:
+    """``PROVENANCE_FILE`` of a grasp folder (what made the grasps: checkpoint sha256, AB-TTA config), or None."""
+    f = Path(folder) / PROVENANCE_FILE
+    if not f.is_file():
+        return None
+    try:
+        return json.loads(f.read_text())
+    except json.JSONDecodeError as e:
+        raise FileFormatError(f"{f}: not JSON ({e})") from None
 
 
 # ------------------------------------------------------------------------------------------------ per-chunk work
@@ -37,8 +85,9 @@ _CACHE: dict = {}
 
 
 def _object(path: str, code: str, scale: float, seed: int) -> dict:
-    """ObjectModel at ``scale``, its 4096 surface samples (m) and a simulator slot, cached per process. Scaled copies
-    share the loaded geometry (k-d tree, samples), so each mesh is loaded and sampled once per process."""
+    """ObjectModel at ``scale``, its EVAL_POINTS surface samples (m, drawn with ``eval_seed(code, seed)``) and a
+    simulator slot, cached per process. Scaled copies share the loaded geometry (k-d tree, samples), so each mesh is
+    loaded and sampled once per process."""
     import torch
 
     from .objects import load_object
@@ -49,8 +98,7 @@ def _object(path: str, code: str, scale: float, seed: int) -> dict:
         _CACHE[path] = {"obj": load_object(path, normalize=False, scale=1.0, code=code), "points": {}, "scaled": {}}
     entry = _CACHE[path]
     if seed not in entry["points"]:
-        entry["points"][seed] = torch.as_tensor(entry["obj"].sample_points(N_OBJECT_POINTS, seed=seed),
-                                                dtype=torch.float64)
+        entry["points"][seed] = torch.as_tensor(eval_points(entry["obj"], code, seed), dtype=torch.float64)
     key = round(scale, 6)
     if key not in entry["scaled"]:
         entry["scaled"][key] = {"obj": entry["obj"].with_scale(scale), "sim": {}}
@@ -134,16 +182,17 @@ def _find_grasp_files(grasp_dir: Path) -> dict[str, Path]:
 # -------------------------------------------------------------------------------------------------- evaluation
 def evaluate(grasp_dir, meshes, objects: list[str] | None = None, limit_per_object: int | None = None,
              sim: bool = True, group: int = 16, workers: int = 1, seed: int = 0, sim_config=None,
-             progress: bool = True) -> dict:
+             progress: bool = True, provenance: dict | None = None) -> dict:
     """Evaluate every grasp file in ``grasp_dir`` against the meshes in ``meshes``; returns the JSON-able report.
 
     objects: codes to keep (default all); limit_per_object: evenly spaced subset per object; group: diversity group
-    size (grasps of one object and scale); sim_config: ``SimConfig`` (default DESIGN §6 physics).
+    size (grasps of one object and scale); seed: of the Pen. samples (``eval_seed``); sim_config: ``SimConfig``
+    (default DESIGN §6 physics); provenance: what made the grasps (checkpoint sha256, AB-TTA config), recorded as
+    is (default: the grasp folder's ``PROVENANCE_FILE``, if any).
     """
     import torch
     from tqdm import tqdm
 
-    from .data import load_grasps
     from .hand import get_hand
     from .objects import list_objects
     from .simulate import SimConfig
@@ -151,8 +200,12 @@ def evaluate(grasp_dir, meshes, objects: list[str] | None = None, limit_per_obje
     sim_config = sim_config or SimConfig()
     if group < 1:
         raise InputError(f"--group: must be >= 1, got {group}")
+    if workers < 1:
+        raise InputError(f"--workers: must be >= 1, got {workers}")
     grasp_dir = Path(grasp_dir)
     files = _find_grasp_files(grasp_dir)
+    if provenance is None:
+        provenance = read_provenance(next(iter(files.values())).parent)
     if objects:
         unknown = [c for c in objects if c not in files]
         if unknown:
@@ -167,7 +220,7 @@ def evaluate(grasp_dir, meshes, objects: list[str] | None = None, limit_per_obje
     # ---- work items: chunks of grasps of one object and scale
     per_object, tasks = {}, []
     for code, f in files.items():
-        g = load_grasps(f)
+        g = _load_checked(f)
         idx = select_evenly(len(g), limit_per_object)
         g = g.subset(idx)
         rot, t, q = g.rotation.numpy(), g.translation.numpy(), g.joints.numpy()
@@ -244,8 +297,28 @@ def evaluate(grasp_dir, meshes, objects: list[str] | None = None, limit_per_obje
                   "eta_np": "%", "eta_tb": "%", "success_any": "%", "success_all6": "%", "delta_*": "%"},
         "config": {"grasp_dir": str(grasp_dir), "meshes": str(meshes), "objects": objects,
                    "limit_per_object": limit_per_object, "sim": sim, "group": group, "workers": workers,
-                   "seed": seed, "sim_config": dataclasses.asdict(sim_config) if sim else None},
+                   "seed": seed, "sampling": sampling_config(seed),
+                   "sim_config": dataclasses.asdict(sim_config) if sim else None},
+        "provenance": provenance,
     }
+
+
+def _load_checked(f: Path):
+    """load_grasps with every scale checked: a bad one names its file and grasp (one line, before any work)."""
+    from .data import load_grasps
+
+    try:
+        g = load_grasps(f)
+    except DgtrError:
+        raise
+    except (ValueError, TypeError) as e:  # e.g. a scale that is not a number
+        raise FileFormatError(f"{f}: {e}") from None
+    s = g.scale.numpy()
+    bad = np.flatnonzero(~(np.isfinite(s) & (s > 0)))
+    if len(bad):
+        raise InputError(f"{f}: grasp {bad[0]} has scale {s[bad[0]]}: must be a positive number"
+                         + (f" ({len(bad) - 1} more)" if len(bad) > 1 else ""))
+    return g
 
 
 def _json_floats(x: np.ndarray) -> list:
@@ -322,12 +395,6 @@ def format_table(report: dict) -> str:
     return "\n".join(lines)
 
 
-def write_json_atomic(path, obj) -> None:
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = p.with_name(f".{p.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(obj, indent=1))
-    os.replace(tmp, p)
 
 
 # --------------------------------------------------------------------------------------------------------- CLI
@@ -342,7 +409,8 @@ def add_eval_args(parser: argparse.ArgumentParser) -> None:
                         help="run the MuJoCo six-direction success test (default: on)")
     parser.add_argument("--group", type=int, default=16, help="diversity group size (grasps of one object and scale)")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="processes (default: all cores)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the object surface samples (Pen.)")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="seed of the Pen. object samples (eval's own stream per object, never prediction's)")
     parser.add_argument("--timestep", type=float, default=None, help="simulation timestep in s (default 1/600)")
     parser.add_argument("--duration", type=float, default=None, help="simulated seconds per direction (default 100/60)")
     parser.add_argument("--out", default="metrics.json", help="JSON report path (default: metrics.json)")
@@ -350,17 +418,21 @@ def add_eval_args(parser: argparse.ArgumentParser) -> None:
 
 
 def run_eval(args: argparse.Namespace) -> int:
+    from .cli import check_out_file
     from .simulate import SimConfig
 
+    if args.workers < 1:
+        raise InputError(f"--workers: must be >= 1, got {args.workers}")
+    check_out_file(args.out, "--out")  # before the work: a bad --out used to fail only after the whole simulation
     over = {k: v for k, v in (("timestep", args.timestep), ("duration", args.duration)) if v is not None}
     for k, v in over.items():
         if not v > 0:
             raise InputError(f"--{k}: must be positive, got {v}")
     objects = [c.strip() for c in args.objects.split(",") if c.strip()] if args.objects else None
     report = evaluate(args.grasp_dir, args.meshes, objects=objects, limit_per_object=args.limit_per_object,
-                      sim=args.sim, group=args.group, workers=max(1, args.workers), seed=args.seed,
+                      sim=args.sim, group=args.group, workers=args.workers, seed=args.seed,
                       sim_config=SimConfig(**over), progress=not args.quiet)
-    write_json_atomic(args.out, report)
+    write_json(args.out, report)
     print(format_table(report))
     errs = sum(len(o["errors"]) for o in report["objects"].values())
     print(f"{report['overall']['n']} grasps of {report['overall']['n_objects']} objects in "

@@ -1,13 +1,17 @@
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import trimesh
+from scipy.spatial import cKDTree
 
 from dgtr.cli import main
 from dgtr.data import GraspSet, load_grasps, save_grasps
-from dgtr.evaluate import evaluate, select_evenly, summarize
+from dgtr.evaluate import eval_seed, evaluate, select_evenly, summarize
+
+MUG = Path(__file__).resolve().parents[1] / "data/pybullet/meshdata/pb_mug/coacd/decomposed.obj"
 
 
 def _synthetic(tmp_path, n=3, nan_index=1):
@@ -58,6 +62,75 @@ def test_cli_synthetic_no_contact_and_nan(tmp_path, capsys):
     assert "succ.all6" in table and "overall" in table
 
 
+def _one_line_error(capsys, *words):
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err, err
+    assert err.startswith("dgtr eval: error: ") and all(w in err for w in words), err
+
+
+def test_cli_unwritable_out_fails_before_any_work(tmp_path, capsys, monkeypatch):
+    grasps, meshes = _synthetic(tmp_path)
+    (tmp_path / "file").write_text("")
+    monkeypatch.setattr("dgtr.evaluate.evaluate", lambda *a, **k: pytest.fail("evaluated before checking --out"))
+    assert main(["eval", str(grasps), "--meshes", str(meshes), "--out", str(tmp_path / "file" / "m.json")]) == 2
+    _one_line_error(capsys, "--out", "is a file")
+    assert main(["eval", str(grasps), "--meshes", str(meshes), "--out", str(tmp_path)]) == 2  # a folder
+    _one_line_error(capsys, "--out", "is a folder")
+
+
+@pytest.mark.parametrize("workers", ["0", "-1"])
+def test_cli_refuses_workers_below_one(tmp_path, capsys, workers):
+    grasps, meshes = _synthetic(tmp_path)
+    assert main(["eval", str(grasps), "--meshes", str(meshes), "--workers", workers,
+                 "--out", str(tmp_path / "m.json")]) == 2
+    _one_line_error(capsys, "--workers", workers)
+    assert not (tmp_path / "m.json").exists()
+
+
+@pytest.mark.parametrize("bad", [-1.0, 0.0, float("nan"), "abc"])
+def test_cli_bad_scale_names_the_file(tmp_path, capsys, bad):
+    grasps, meshes = _synthetic(tmp_path)
+    recs = np.load(grasps / "cube.npy", allow_pickle=True)
+    recs[2]["scale"] = bad
+    np.save(grasps / "cube.npy", recs, allow_pickle=True)
+    assert main(["eval", str(grasps), "--meshes", str(meshes), "--no-sim", "--workers", "1",
+                 "--out", str(tmp_path / "m.json")]) == 2
+    _one_line_error(capsys, str(grasps / "cube.npy"), *(["abc"] if bad == "abc" else ["grasp 2", "scale"]))
+
+
+def test_eval_samples_its_own_points(tmp_path):
+    """Pen. is scored on points that prediction, AB-TTA and the DGTR* ranking never saw (they sample with seed 0)."""
+    import dgtr
+    from dgtr.evaluate import EVAL_POINTS, _object, eval_points
+    from dgtr.objects import load_object
+
+    # the network's cloud as benchmarks/results.py makes it (mesh frame), and what evaluate() scores on
+    pred, _, _ = dgtr.load("default").prepare(load_object(MUG, code="pb_mug"), 0.1, "pb_mug")
+    ev = _object(str(MUG), "pb_mug", 0.1, 0)["points"].numpy()
+    assert ev.shape == (EVAL_POINTS, 3)
+    shared = lambda a: int((cKDTree(pred.numpy()).query(a)[0] < 1e-6).sum())  # noqa: E731
+    # the check can fail: the seed-0 sample (what eval used before) is the prediction cloud, point for point
+    obj = load_object(MUG, normalize=False, code="pb_mug").with_scale(0.1)
+    assert shared(obj.sample_points(len(pred), seed=0)) == len(pred)
+    assert shared(ev) == 0
+    # deterministic (a fresh load gives the same points), its own stream per object and per --seed
+    np.testing.assert_allclose(eval_points(load_object(MUG, normalize=False, code="pb_mug").with_scale(0.1),
+                                           "pb_mug"), ev, atol=1e-7)  # float32 samples, scaled in float64
+    assert len({eval_seed("pb_mug"), eval_seed("pb_duck"), eval_seed("pb_mug", 1), 0}) == 4
+    assert min(eval_seed(c, s) for c in ("a", "pb_mug", "core-mug-8570d9a8") for s in range(3)) >= 1 << 20
+
+
+def test_report_records_sampling_and_provenance(tmp_path):
+    from dgtr.evaluate import PROVENANCE_FILE, sampling_config
+
+    grasps, meshes = _synthetic(tmp_path)
+    (grasps / PROVENANCE_FILE).write_text(json.dumps({"checkpoint_sha256": "ab" * 32, "tta_config": {"tau": 0.04}}))
+    rep = evaluate(grasps, meshes, sim=False, workers=1, seed=3, progress=False)
+    assert rep["config"]["sampling"] == sampling_config(3) and rep["config"]["sampling"]["points"] == 4096
+    assert rep["provenance"] == {"checkpoint_sha256": "ab" * 32, "tta_config": {"tau": 0.04}}
+    assert evaluate(grasps, meshes, sim=False, progress=False, provenance={"x": 1})["provenance"] == {"x": 1}
+
+
 def test_cli_missing_mesh_names_the_object(tmp_path, capsys):
     grasps, meshes = _synthetic(tmp_path)
     (meshes / "cube.obj").rename(meshes / "other.obj")
@@ -91,7 +164,21 @@ def test_real_metrics_and_parallel_determinism(small_real, dexgraspnet_dir):
     assert o["pen_cm"] < 0.3 and o["eta_np"] == 100.0
     assert o["eta_tb"] >= 70 and 0.05 < o["q1"] <= 1
     assert o["success_any"] >= 80
-    assert o["n_groups"] == 3 and o["delta_t"] >= 6.25
+    # diversity: one group of 3 grasps per object, δ of each group computed here from the grasps themselves
+    from dgtr.hand import get_hand
+    from dgtr.metrics import diversity
+
+    hand = get_hand(dtype=torch.float64)
+    want = []
+    for code in sorted(one["objects"]):
+        g = load_grasps(small_real / f"{code}.npy")
+        want.append(diversity(g.rotation, g.translation, g.joints, hand.joint_lower, hand.joint_upper))
+        for k in ("delta_t", "delta_r", "delta_q"):
+            assert one["objects"][code][k] == pytest.approx(100 * want[-1][k], abs=1e-3), (code, k)
+    assert o["n_groups"] == 3
+    for k in ("delta_t", "delta_r", "delta_q"):
+        assert o[k] == pytest.approx(100 * np.mean([w[k] for w in want]), abs=1e-3)
+        assert 6.25 <= o[k] <= 18.75  # 3 grasps occupy 1 to 3 of 16 bins
 
 
 def test_objects_filter_and_limit(small_real, dexgraspnet_dir):
