@@ -20,8 +20,10 @@ from .errors import DgtrError, InputError
 COMMANDS = {
     "predict": ("dgtr.predict", "predict 16 diverse grasps for a mesh or point cloud"),
     "view": ("dgtr.view", "pictures (PNG, HTML) and a MuJoCo scene of any DexGraspNet-format grasp file"),
-    "train": ("dgtr.train", "train DGTR with the dynamic-static matching schedule"),
-    "export": ("dgtr.train", "a trained run's weights as a small inference checkpoint (what ships as the default)"),
+    "train": ("dgtr.train", "train DGTR with the dynamic-static matching schedule, or the comparison method its "
+                            "config names (configs/methods/<method>.yaml)"),
+    "export": ("dgtr.train", "a trained run's weights (DGTR or a comparison method) as a small inference checkpoint "
+                             "(what ships as the default)"),
     "eval": ("dgtr.evaluate", "score DexGraspNet-format grasps with the paper's metrics and a MuJoCo test"),
     "synth": ("dgtr.synth", "synthesize a validated DexGraspNet-style grasp dataset for meshes"),
     "convert": ("dgtr.data", "write a grasp set (DexGraspNet folder, compact dataset, DGTR h5) as a DexGraspNet folder "

@@ -216,6 +216,17 @@ class Predictor:
     def n_points(self) -> int:
         return self.cfg.model.n_points
 
+    @property
+    def refinement(self) -> str | None:
+        """What ``tta=True`` runs ('AB-TTA'; a comparison method's predictor: its own refinement, or None)."""
+        return "AB-TTA"
+
+    def set_overrides(self, overrides) -> None:
+        """AB-TTA settings changed by ``tta.key=value`` overrides (what ``dgtr predict`` takes), checked."""
+        from .tta import with_overrides
+
+        self.tta_config = with_overrides(self.tta_config, overrides)
+
     def _load_mesh(self, path: Path, code: str | None):
         """A mesh file as an ObjectModel normalised like DexGraspNet (centred BEFORE its convex pieces are computed,
         and triangulated by ``canonical_piece``: a shifted file gives the same pieces), cached for the next call with
@@ -340,7 +351,10 @@ class Predictor:
 
 
 def load(checkpoint="default", device="cpu") -> Predictor:
-    """A ``Predictor`` from a checkpoint written by ``dgtr train`` (or "default": ``dgtr/checkpoints/default.pt``)."""
+    """A ``Predictor`` from a checkpoint written by ``dgtr train`` / ``dgtr export`` (or "default":
+    ``dgtr/checkpoints/default.pt``).  A comparison method's checkpoint (its config names the method:
+    ``dgtr.methods``) gives that method's predictor (``dgtr.methods.load_predictor``: a ``Predictor`` whose forward
+    pass is the method's sampler and whose ``tta`` is its own refinement)."""
     from .hand import get_hand
     from .model import build_model
     from .train import config_from_checkpoint, load_weights, read_checkpoint
@@ -357,6 +371,12 @@ def load(checkpoint="default", device="cpu") -> Predictor:
     if str(device).startswith("cuda") and not torch.cuda.is_available():
         raise InputError("device cuda: no CUDA device is available (use cpu)")
     ck = read_checkpoint(path)
+    from .methods import is_method_checkpoint
+
+    if is_method_checkpoint(ck):
+        from .methods import load_predictor
+
+        return load_predictor(path, device, ck)
     cfg = config_from_checkpoint(ck, path)
     cfg.check()
     hand = get_hand()
@@ -369,7 +389,9 @@ def load(checkpoint="default", device="cpu") -> Predictor:
 def add_predict_args(p: argparse.ArgumentParser) -> None:
     from .cli import positive_float, positive_int
 
-    p.add_argument("--checkpoint", default="default", help="checkpoint of `dgtr train`; 'default': the bundled one")
+    p.add_argument("--checkpoint", default="default", help="checkpoint of `dgtr train` / `dgtr export` (DGTR or a "
+                                                           "comparison method, docs/methods.md); 'default': the "
+                                                           "bundled one")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--mesh", help="one mesh (obj/stl/ply/off) or point cloud (.npy (N,3), .xyz, .ply), anywhere "
                                     "in its own frame (it is centred for the network and the grasps moved back)")
@@ -380,7 +402,8 @@ def add_predict_args(p: argparse.ArgumentParser) -> None:
                    help="object scale(s): --scale 0.06 0.1 or repeated (default: 1, the mesh as loaded)")
     p.add_argument("--units", choices=sorted(UNITS), default="m",
                    help="unit of the file's coordinates (× --scale); the grasp records store the combined scale")
-    p.add_argument("--tta", action=argparse.BooleanOptionalAction, default=True, help="AB-TTA refinement")
+    p.add_argument("--tta", action=argparse.BooleanOptionalAction, default=True,
+                   help="AB-TTA refinement (a comparison method: its own refinement; none for SceneDiffuser, DDG)")
     p.add_argument("--top-k", type=positive_int, default=None,
                    help="DGTR*: keep the best K grasps, most contact points first (default: all, unranked)")
     p.add_argument("--out", required=True, help="output folder (checked for writing before anything runs)")
@@ -388,7 +411,9 @@ def add_predict_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=positive_int, default=None,
                    help="CPU threads for torch (default: torch's choice); 1 is faster when other jobs share the cores")
     p.add_argument("--no-pictures", action="store_true", help="write only the .npy files")
-    p.add_argument("overrides", nargs="*", metavar="tta.key=value", help="AB-TTA overrides, e.g. tta.iterations=100")
+    p.add_argument("overrides", nargs="*", metavar="tta.key=value",
+                   help="AB-TTA overrides, e.g. tta.iterations=100 (a comparison method: refine.key=value, "
+                        "sample.key=value, e.g. sample.passes=4)")
 
 
 def _objects_from_args(args) -> list[tuple[str, Path]]:
@@ -437,7 +462,6 @@ def run_predict(args) -> int:
 
     from .cli import check_out_dir
     from .data import GraspSet, save_grasps
-    from .tta import with_overrides
     from .view import write_pictures
 
     if args.threads is not None:
@@ -446,7 +470,9 @@ def run_predict(args) -> int:
     objects = _objects_from_args(args)
     out = check_out_dir(args.out)
     predictor = load(args.checkpoint, args.device)
-    predictor.tta_config = with_overrides(predictor.tta_config, args.overrides)
+    predictor.set_overrides(args.overrides)
+    refined = predictor.refinement if args.tta else None
+    label = refined or ("no TTA" if not args.tta else f"{getattr(predictor, 'method', 'dgtr')}: no refinement")
     for code, path in objects:
         sets = []
         for s in scales:
@@ -459,7 +485,7 @@ def run_predict(args) -> int:
             g = predictor.predict(inp, tta=args.tta, top_k=args.top_k)
             dt = time.perf_counter() - t0
             sets.append(g)
-            print(f"{code} scale {s * unit:g}: {len(g)} grasps in {dt:.2f} s ({'AB-TTA' if args.tta else 'no TTA'})")
+            print(f"{code} scale {s * unit:g}: {len(g)} grasps in {dt:.2f} s ({label})")
             print_table(g)
             if not args.no_pictures:  # in the caller's frame, like the grasps
                 stem = code if len(scales) == 1 else f"{code}_s{s:g}"

@@ -626,6 +626,10 @@ def train(cfg: TrainConfig, data, out, resume: bool = False, device: str = "cpu"
     ck = None
     if resume:  # before anything is created: a wrong --out or config leaves no trace
         ck = read_checkpoint(ckpt_path)
+        other = ck["config"].get("method") if isinstance(ck["config"], dict) else None
+        if other not in (None, "dgtr"):
+            raise InputError(f"--resume: {out} holds a {other} run, not a DGTR one: resume it without --config (its "
+                             f"config.yaml names the method) or with --config configs/methods/{other}.yaml")
         diff = config_diff(config_from_checkpoint(ck, ckpt_path), cfg)
         if diff:
             raise InputError(f"--resume: the config differs from the one {out} was trained with (run -> now): "
@@ -774,7 +778,9 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
                                          "and mesh folder, shared by runs")
     p.add_argument("--out", required=True, help="run folder (checkpoint.pt, config.yaml, tb/, summary.json)")
     p.add_argument("--config", help="YAML run config (default: built-in defaults = configs/default.yaml; "
-                                    "with --resume: the run's config.yaml)")
+                                    "with --resume: the run's config.yaml); one with `method: NAME` "
+                                    "(configs/methods/NAME.yaml) or a method=NAME override trains that comparison "
+                                    "method (docs/methods.md)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint.pt")
     p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     p.add_argument("--max-epochs", type=positive_int, default=None,
@@ -783,11 +789,18 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
 
 
 def run_train(args) -> int:
+    """``dgtr train``: DGTR, or the comparison method the run's config names (``method:`` in the YAML file, or a
+    ``method=NAME`` override; ``dgtr.methods``), with the same arguments and checks."""
+    from .methods import DGTR, method_of, run_method_train
+
     cfg_file = args.config
     run_cfg = Path(args.out) / "config.yaml"
     if cfg_file is None and args.resume and run_cfg.is_file():
         cfg_file = run_cfg
-    cfg = config_mod.load(TrainConfig, cfg_file, args.overrides)
+    if method_of(cfg_file, args.overrides) != DGTR:  # one dispatch point: the method's own loop (dgtr.methods.train)
+        return run_method_train(args, cfg_file)
+    overrides = [o for o in args.overrides if o.partition("=")[0].strip() != "method"]  # method=dgtr: the default
+    cfg = config_mod.load(TrainConfig, cfg_file, overrides)
     try:
         train(cfg, args.data, args.out, resume=args.resume, device=args.device, max_epochs=args.max_epochs,
               meshes=args.meshes, cloud_cache=args.cloud_cache)
@@ -803,12 +816,18 @@ def export_checkpoint(src, dest, overrides=()) -> Path:
     (no optimiser/RNG state: about a third of the size).  Writes ``<dest stem>.yaml`` (the resolved config) and
     ``<dest stem>_summary.json`` (epochs, wall time) beside it.  ``dgtr.load(dest)`` reads it like any checkpoint.
     ``overrides`` (``tta.key=value``) set the AB-TTA defaults the checkpoint carries, e.g. ones measured on its
-    validation split; nothing else can change after training."""
+    validation split; nothing else can change after training.  A comparison method's checkpoint (its config names
+    the method) is exported by ``dgtr.methods.export_method`` (``refine.*`` / ``sample.*`` overrides; ``tta.*`` names
+    ``refine.*`` there)."""
     from .cli import check_out_file
 
     src, dest = Path(src), Path(dest)
     check_out_file(dest, "DEST")
     ck = read_checkpoint(src)
+    from .methods import export_method, is_method_checkpoint
+
+    if is_method_checkpoint(ck):  # a comparison method's run (dgtr.methods): its own export, same files
+        return export_method(src, dest, overrides, ck=ck)
     cfg = config_from_checkpoint(ck, src)
     if overrides:
         from .tta import with_overrides
@@ -831,9 +850,11 @@ def export_checkpoint(src, dest, overrides=()) -> Path:
 
 
 def add_export_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("checkpoint", help="training checkpoint (RUN/checkpoint.pt)")
+    p.add_argument("checkpoint", help="training checkpoint (RUN/checkpoint.pt) of DGTR or of a comparison method")
     p.add_argument("dest", help="inference checkpoint to write, e.g. dgtr/checkpoints/default.pt")
-    p.add_argument("overrides", nargs="*", metavar="tta.key=value", help="AB-TTA defaults to store with the model")
+    p.add_argument("overrides", nargs="*", metavar="tta.key=value",
+                   help="AB-TTA defaults to store with the model (a comparison method: refine.key=value, "
+                        "sample.key=value)")
 
 
 def run_export(args) -> int:

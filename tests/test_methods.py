@@ -310,3 +310,145 @@ def test_cli_entry_point_errors_are_one_line(dataset, tmp_path):
                        capture_output=True, text=True, cwd=REPO)
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "unknown key" in r.stderr
     assert not (tmp_path / "run").exists()
+
+
+# ------------------------------------------------------------------ the dgtr commands run a method (issue 16)
+def _method_yaml(tmp_path, name: str, *more: str) -> Path:
+    path = tmp_path / f"{name}.yaml"
+    config.save(tiny(name, *more), path)
+    return path
+
+
+def test_dgtr_train_export_load_predict_eval_a_method(dataset, tmp_path, capsys):
+    """`dgtr train` on a config naming a method, `dgtr export`, `dgtr.load`, `dgtr predict --checkpoint` and
+    `dgtr eval` of what it wrote: the DGTR commands, a comparison method's files."""
+    import dgtr
+    from dgtr.cli import main
+    from dgtr.data import load_grasps
+    from dgtr.methods.predictor import MethodPredictor
+
+    cfg_file, run = _method_yaml(tmp_path, "grasptta"), tmp_path / "run"
+    argv = ["train", "--config", str(cfg_file), "--data", str(dataset), "--out", str(run)]
+    assert main(argv) == 0
+    ck = torch.load(run / "checkpoint.pt", weights_only=True)
+    assert ck["method"] == "grasptta" and methods.is_method_checkpoint(ck)
+    assert json.loads((run / "summary.json").read_text())["completed"]
+    # DGTR's run checks: an existing run needs --resume; --resume without --config continues it (its config.yaml
+    # names the method); --max-epochs 0 is refused by argparse
+    capsys.readouterr()
+    assert main(argv) == 2 and "already holds a run" in capsys.readouterr().err
+    assert main(["train", "--resume", "--data", str(dataset), "--out", str(run)]) == 0
+    assert "all 1 epochs are done" in capsys.readouterr().err
+    assert main(argv[:-2] + ["--out", str(tmp_path / "r2"), "--max-epochs", "0"]) == 2
+    assert "--max-epochs" in capsys.readouterr().err and not (tmp_path / "r2").exists()
+    # DGTR resumed on a method's run: one line naming it
+    assert main(["train", "--resume", "--config", str(REPO / "configs" / "default.yaml"), "--data", str(dataset),
+                 "--out", str(run)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "holds a grasptta run" in err
+
+    small = tmp_path / "grasptta.pt"
+    assert main(["export", str(run / "checkpoint.pt"), str(small), "tta.iterations=2"]) == 0
+    assert small.with_suffix(".yaml").is_file() and (tmp_path / "grasptta_summary.json").is_file()
+    assert "optimizer" not in torch.load(small, weights_only=True)
+    assert main(["export", str(run / "checkpoint.pt"), str(tmp_path / "x.pt"), "model.latent=3"]) == 2
+    assert "after training" in capsys.readouterr().err
+
+    pred = dgtr.load(small)
+    assert isinstance(pred, MethodPredictor) and pred.method == "grasptta" and pred.tta_config.iterations == 2
+    pts = GraspDataset(dataset, "val", n_points=256)[0]["points"]
+    g = pred(pts, scale=1.0, tta=True)
+    assert len(g) == 16 and g.rotation.shape == (16, 3, 3) and g.translation.shape == (16, 3)
+    assert g.joints.shape == (16, 22) and g.extra["contact_points"].shape == (16,)
+    assert len(pred.predict_points(*pred.prepare(pts)[:2], 1.0, "c", tta=False, top_k=3)) == 3
+
+    out = tmp_path / "pred"
+    mesh = dataset / "meshdata" / "box_c" / "coacd" / "decomposed.obj"
+    assert main(["predict", "--checkpoint", str(small), "--mesh", str(mesh), "--scale", "0.1", "--out", str(out),
+                 "--top-k", "4", "refine.iterations=1"]) == 0
+    text = capsys.readouterr().out
+    assert "box_c scale 0.1: 4 grasps" in text and "grasptta ContactNet refinement" in text and "pen (mm)" in text
+    saved = load_grasps(out / "box_c.npy")
+    assert len(saved) == 4 and saved.joints.shape == (4, 22)
+    assert (out / "box_c.png").stat().st_size > 1000 and (out / "box_c.html").is_file()
+    assert main(["eval", str(out), "--meshes", str(dataset / "meshdata"), "--no-sim", "--workers", "1",
+                 "--out", str(tmp_path / "metrics.json"), "--quiet"]) == 0
+    assert (tmp_path / "metrics.json").is_file()
+
+
+def test_dgtr_commands_method_override_and_options_without_meaning(dataset, tmp_path, capsys):
+    """method=NAME on the command line; DDG (one grasp, no refinement) through `dgtr predict`: --tta is a no-op
+    (said so), --top-k > 1 and refine.iterations > 0 are one-line errors."""
+    import dgtr
+    from dgtr.cli import main
+
+    cloud = tmp_path / "cloud.npy"
+    np.save(cloud, GraspDataset(dataset, "val", n_points=256)[0]["points"].numpy().astype(np.float64))
+    ov = ["method=ddg", "model.n_points=256", *[f"model.encoder.{k}={v}" for k, v in TINY_ENC.items()], *TINY["ddg"],
+          "train.batch_size=2", "train.epochs=1", "train.progress=false"]
+    run = tmp_path / "run"
+    assert main(["train", "--data", str(dataset), "--out", str(run), *ov]) == 0
+    assert dgtr.load(run / "checkpoint.pt").method == "ddg"
+    out = tmp_path / "pred"
+    capsys.readouterr()
+    assert main(["predict", "--checkpoint", str(run / "checkpoint.pt"), "--mesh", str(cloud), "--out", str(out),
+                 "--no-pictures"]) == 0
+    assert "cloud scale 1: 1 grasps" in (text := capsys.readouterr().out) and "(ddg: no refinement)" in text
+    assert len(np.load(out / "cloud.npy", allow_pickle=True)) == 1
+    for extra, needle in ((["--top-k", "4"], "sample.n = 1"), (["refine.iterations=5"], "no refinement"),
+                          (["tta.iterations=5"], "no refinement"), (["model.hidden=[3]"], "after training")):
+        assert main(["predict", "--checkpoint", str(run / "checkpoint.pt"), "--mesh", str(cloud), "--out", str(out),
+                     "--no-pictures", *extra]) == 2, extra
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and needle in err and "Traceback" not in err, (extra, err)
+
+
+def test_dgtr_train_unknown_method_is_one_line(dataset, tmp_path, capsys):
+    from dgtr.cli import main
+
+    bad, odd = tmp_path / "bad.yaml", tmp_path / "odd.yaml"
+    bad.write_text("method: graspnet\n")
+    odd.write_text("method: [ddg]\n")
+    for argv, name in ((["--config", str(bad)], "'graspnet'"), (["method=graspnet"], "'graspnet'"),
+                       (["--config", str(odd)], "ddg"), (["--config", str(REPO / "configs/methods/ddg.yaml"),
+                                                          "method=graspnet"], "'graspnet'")):
+        assert main(["train", "--data", str(dataset), "--out", str(tmp_path / "run"), *argv]) == 2, argv
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and "unknown method" in err and name in err, err
+    assert not (tmp_path / "run").exists()
+
+
+def test_dgtr_configs_still_train_dgtr(dataset, tmp_path):
+    """No `method` key (or method=dgtr): `dgtr train` is DGTR's as before, and its checkpoint loads as DGTR's."""
+    import dgtr
+    from dgtr.cli import main
+    from dgtr.methods.predictor import MethodPredictor
+
+    cfg_file = tmp_path / "dgtr.yaml"
+    config.save(tiny_config(), cfg_file)
+    assert methods.method_of(cfg_file) == "dgtr"
+    run = tmp_path / "run"
+    assert main(["train", "--config", str(cfg_file), "--data", str(dataset), "--out", str(run), "--max-epochs", "1",
+                 "method=dgtr"]) == 0
+    ck = torch.load(run / "checkpoint.pt", weights_only=True)
+    assert not methods.is_method_checkpoint(ck) and "method" not in ck["config"]
+    pred = dgtr.load(run / "checkpoint.pt")
+    from dgtr.predict import Predictor
+
+    assert type(pred) is Predictor and not isinstance(pred, MethodPredictor)
+
+
+def test_method_predictor_overrides(batch):
+    """`dgtr predict`'s overrides on a method: sample.* (Table 2's passes) and refine.* (tta.* = refine.*)."""
+    from dgtr.methods.predictor import MethodPredictor
+
+    cfg = tiny("unidexgrasp")
+    pred = MethodPredictor(methods.build(cfg, get_hand()), cfg)
+    pred.set_overrides(["sample.passes=4", "tta.iterations=0"])
+    assert pred.sample_config.passes == 4 and pred.tta_config.iterations == 0 and pred.refinement is None
+    g = pred(batch["points"][0], tta=True)
+    assert len(g) == 16 and len({tuple(r.flatten().tolist()) for r in g.rotation.float().round(decimals=5)}) <= 4
+    with pytest.raises(InputError, match="passes"):
+        pred.set_overrides(["sample.passes=3"])
+    with pytest.raises(InputError, match="after training"):
+        pred.set_overrides(["loss.ipdf_queries=3"])

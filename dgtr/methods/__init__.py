@@ -17,6 +17,11 @@ typed run config (``<Name>Run``: method, model, loss, train, sample, refine sect
 
 This registry maps the names to them (``build``, ``train_step``, ``sample``); ``train_method`` trains one
 (``dgtr.methods.train``), ``load_predictor`` runs one like ``dgtr.load`` (``dgtr.methods.predictor``).
+
+The ``dgtr`` commands dispatch here: ``dgtr train`` on the config's ``method`` (``dgtr.train.run_train`` →
+``run_method_train``), ``dgtr export`` and ``dgtr.load`` / ``dgtr predict --checkpoint`` on the checkpoint's
+(``is_method_checkpoint`` → ``export_method`` / ``load_predictor``); ``dgtr eval`` scores the grasp files as any.
+``python -m dgtr.methods train|export`` is an alias of ``dgtr train|export``.
 """
 from __future__ import annotations
 
@@ -28,7 +33,7 @@ from ..errors import FileFormatError, InputError, MissingFileError
 
 __all__ = ["METHODS", "MethodSpec", "spec", "run_config_class", "build", "train_step", "sample", "method_of",
            "load_config", "config_from_dict", "train_method", "read_method_checkpoint", "load_method",
-           "load_predictor", "export_method", "run_method_train", "is_method_checkpoint"]
+           "load_predictor", "export_method", "run_method_train", "is_method_checkpoint", "with_inference_overrides"]
 
 DGTR = "dgtr"  # the name of the default model (dgtr.train), for dispatch
 
@@ -142,4 +147,5 @@ def is_method_checkpoint(ck: dict) -> bool:
 
 
 from .predictor import load_predictor  # noqa: E402  (the modules above are what they import)
-from .train import export_method, load_method, read_method_checkpoint, run_method_train, train_method  # noqa: E402
+from .train import (export_method, load_method, read_method_checkpoint, run_method_train, train_method,  # noqa: E402
+                    with_inference_overrides)

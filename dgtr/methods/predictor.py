@@ -8,6 +8,11 @@ the ``Predictor``'s; only three things differ:
 - ``tta=True`` runs the method's refinement (GraspTTA's test-time adaptation, UniDexGrasp's ContactNet refinement;
   nothing for SceneDiffuser and DDG) with ``tta_config`` = the checkpoint's ``refine`` section;
 - ``top_k`` ranges over the n grasps drawn.
+
+``dgtr.load`` returns one for a method's checkpoint, so ``dgtr predict --checkpoint METHOD.pt`` runs it like DGTR:
+``--tta`` (the default) is the method's refinement, and changes nothing for SceneDiffuser and DDG (they have none:
+the printed line says "no refinement"); ``--top-k K`` needs K ≤ ``sample.n`` (DDG: 1); the overrides are
+``refine.*`` (``tta.*`` is taken as ``refine.*``) and ``sample.*`` (e.g. ``sample.passes=4`` for Table 2's 4×4).
 """
 from __future__ import annotations
 
@@ -32,6 +37,22 @@ class MethodPredictor(Predictor):
         self.sample_config = dataclasses.replace(cfg.sample)
         self.seed = 0
 
+    @property
+    def refinement(self) -> str | None:
+        """What ``tta=True`` runs (the method's refinement), or None when it runs nothing."""
+        if hasattr(self.model, "refine") and getattr(self.tta_config, "iterations", 0) > 0:
+            return f"{self.method} ContactNet refinement"
+        return None
+
+    def set_overrides(self, overrides) -> None:
+        """Inference settings changed by ``refine.key=value`` / ``sample.key=value`` (``tta.*`` = ``refine.*``), as
+        ``dgtr predict`` takes them; checked (InputError, one line)."""
+        from .train import with_inference_overrides
+
+        self.cfg = with_inference_overrides(self.cfg, overrides)
+        self.tta_config = self.cfg.refine
+        self.sample_config = dataclasses.replace(self.cfg.sample)
+
     @torch.no_grad()
     def raw(self, points: torch.Tensor):
         """points (N, 3) network frame → (R (n,3,3), t (n,3), q (n,22)) sampled, on the CPU."""
@@ -43,17 +64,19 @@ class MethodPredictor(Predictor):
         R, t, q = sample(self.model, points[None].to(self.device), s.n, s.passes, generator=gen)
         return R[0].cpu(), t[0].cpu(), q[0].cpu()
 
-    def predict(self, inp, tta: bool = True, top_k: int | None = None):
+    def predict(self, inp, tta: bool = True, top_k: int | None = None, network_points: torch.Tensor | None = None):
         """``NetworkInput`` → GraspSet in the caller's frame (n grasps, or the best ``top_k``).  The same steps as
-        ``Predictor.predict`` with the method's refinement in place of AB-TTA."""
+        ``Predictor.predict`` with the method's refinement in place of AB-TTA (``network_points``: what the sampler
+        sees instead of ``inp.points``; refinement and scores still use the object)."""
         from ..data import GraspSet
 
         n = self.sample_config.n
         if top_k is not None and not 1 <= int(top_k) <= n:
-            raise InputError(f"top_k: expected 1..{n}, got {top_k}")
+            raise InputError(f"top_k: expected 1..{n} ({self.method} draws sample.n = {n} grasps per object), "
+                             f"got {top_k}")
         pts = inp.points
-        R, t, q = self.raw(pts)
-        if tta and getattr(self.tta_config, "iterations", 0) > 0 and hasattr(self.model, "refine"):
+        R, t, q = self.raw(pts if network_points is None else network_points)
+        if tta and self.refinement:
             dev = self.device
             R, t, q = self.model.refine(self.hand, pts.to(dev), R.to(dev), t.to(dev), q.to(dev), self.tta_config)
             R, t, q = R.cpu(), t.cpu(), q.cpu()

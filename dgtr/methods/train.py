@@ -31,7 +31,7 @@ from .. import config as config_mod
 from ..errors import DgtrError, FileFormatError, InputError
 
 __all__ = ["CHECKPOINT_FORMAT", "train_method", "read_method_checkpoint", "load_method", "export_method",
-           "run_method_train", "validate_method"]
+           "run_method_train", "validate_method", "with_inference_overrides"]
 
 CHECKPOINT_FORMAT = "dgtr-method-checkpoint-v1"
 RESUME_FREE = ("train.progress",)
@@ -118,7 +118,14 @@ def train_method(cfg, data, out, resume: bool = False, device: str = "cpu", max_
     ckpt_path = out / "checkpoint.pt"
     ck = None
     if resume:  # before anything is created: a wrong --out or config leaves no trace
-        ck, old = read_method_checkpoint(ckpt_path)
+        from ..train import read_checkpoint
+        from . import is_method_checkpoint
+
+        ck = read_checkpoint(ckpt_path)
+        if not is_method_checkpoint(ck):
+            raise InputError(f"--resume: {out} holds a DGTR run, not a {cfg.method} one: resume it without --config "
+                             "(its config.yaml) or start a new --out")
+        ck, old = read_method_checkpoint(ckpt_path, ck)
         diff = config_diff(old, cfg, ignore=RESUME_FREE)
         if diff:
             raise InputError(f"--resume: the config differs from the one {out} was trained with (run -> now): "
@@ -215,26 +222,50 @@ def train_method(cfg, data, out, resume: bool = False, device: str = "cpu", max_
 EXPORT_SECTIONS = ("refine.", "sample.")  # what may change after training
 
 
-def export_method(src, dest, overrides=()) -> Path:
-    """Inference checkpoint ``dest`` (weights, config, history; no optimiser/RNG state) from a method's training
-    checkpoint ``src``, with ``<dest stem>.yaml`` (the resolved config) beside it.  ``overrides``
-    (``refine.key=value``, ``sample.key=value``) set the inference defaults it carries (e.g. ones measured on the
-    validation split); nothing else can change after training."""
-    from ..cli import check_out_file
-    from ..files import torch_save, write_json
-    from . import config_from_dict
-
-    src, dest = Path(src), Path(dest)
-    # tta.* (what `dgtr export` takes for DGTR) names the refinement here
+def _inference_keys(overrides) -> list[str]:
+    """``overrides`` with ``tta.*`` (what `dgtr export` / `dgtr predict` take for DGTR) renamed ``refine.*``; anything
+    but ``refine.*`` / ``sample.*`` is refused (InputError, one line)."""
     overrides = [("refine." + o.strip()[4:]) if o.strip().startswith("tta.") else o for o in overrides]
     bad = [o for o in overrides if not o.strip().startswith(EXPORT_SECTIONS)]
     if bad:
-        raise InputError(f"overrides: only {'/'.join(s + '*' for s in EXPORT_SECTIONS)} settings can change after "
-                         f"training, got {bad}")
+        raise InputError(f"overrides: only {'/'.join(s + '*' for s in EXPORT_SECTIONS)} settings (tta.* = refine.*) "
+                         f"can change after training, got {bad}")
+    return overrides
+
+
+def with_inference_overrides(cfg, overrides):
+    """A copy of run config ``cfg`` with inference overrides (``refine.*``, ``sample.*``, ``tta.*`` = ``refine.*``)
+    applied and checked: what `dgtr export` and `dgtr predict` accept for a comparison method.  InputError (one line)
+    for another key, an unknown one or a value the method refuses (e.g. refine.iterations > 0 on DDG)."""
+    overrides = _inference_keys(overrides)
+    if not overrides:
+        return cfg
+    from . import run_config_class
+
+    new = config_mod.from_dict(run_config_class(cfg.method),
+                               config_mod.apply_overrides(config_mod.to_dict(cfg), overrides))
+    new.check()
+    return new
+
+
+def export_method(src, dest, overrides=(), ck: dict | None = None) -> Path:
+    """Inference checkpoint ``dest`` (weights, config, history; no optimiser/RNG state) from a method's training
+    checkpoint ``src``, with ``<dest stem>.yaml`` (the resolved config) and ``<dest stem>_summary.json`` beside it
+    (the files `dgtr export` writes for DGTR; it calls this for a method's checkpoint).  ``overrides``
+    (``refine.key=value``, ``sample.key=value``; ``tta.*`` = ``refine.*``) set the inference defaults it carries
+    (e.g. ones measured on the validation split); nothing else can change after training.  ``ck``: the file's
+    contents when the caller read them already."""
+    from ..cli import check_out_file
+    from ..files import torch_save, write_json
+
+    src, dest = Path(src), Path(dest)
+    _inference_keys(overrides)  # before any file is read
     check_out_file(dest, "DEST")
-    ck, cfg = read_method_checkpoint(src)
-    if overrides:
-        cfg = config_from_dict(config_mod.apply_overrides(config_mod.to_dict(cfg), overrides), "overrides")
+    ck, cfg = read_method_checkpoint(src, ck)
+    cfg = with_inference_overrides(cfg, overrides)
+    if cfg.train.epochs > ck.get("epoch", 0):
+        print(f"dgtr export: note: {src} holds {ck.get('epoch', 0)} of {cfg.train.epochs} epochs (an unfinished "
+              f"{cfg.method} run)", file=sys.stderr)
     small = {k: ck[k] for k in ("format", "method", "epoch", "step", "history", "wall_time") if k in ck}
     small["config"] = config_mod.to_dict(cfg)
     small["model"] = {k: v.clone() for k, v in ck["model"].items()}
@@ -247,7 +278,8 @@ def export_method(src, dest, overrides=()) -> Path:
 
 
 def run_method_train(args, cfg_file=None) -> int:
-    """``dgtr train`` for a config that names a comparison method (args of ``dgtr.train.add_train_args``)."""
+    """``dgtr train`` for a config that names a comparison method (args of ``dgtr.train.add_train_args``;
+    ``dgtr.train.run_train`` calls this with the config file it resolved, the run's config.yaml on --resume)."""
     from . import load_config
 
     cfg_file = cfg_file if cfg_file is not None else args.config
