@@ -190,8 +190,23 @@ def test_q1_qhull_precision_failure_falls_back_to_joggle():
     q = q1_from_contacts(_MUG_C, _MUG_N)
     assert q == pytest.approx(0.247, abs=1e-3)
     # DexGraspNet's rule (Qhull error -> 0) zeroes it (measured with scipy 1.17)
-    strict = q1_from_contacts(_MUG_C, _MUG_N, joggle_fallback=False)
-    assert strict == 0.0 or strict == pytest.approx(q)
+    # Whether Qhull fails on this set depends on the scipy build, so the failure is forced here: the plain hull
+    # raises as it did with scipy 1.17; DexGraspNet's rule then scores 0, the fallback the joggled hull's value
+    import scipy.spatial
+
+    import dgtr.metrics as metrics
+
+    def failing_plain_hull(points, qhull_options=None):
+        if qhull_options is None:
+            raise scipy.spatial.QhullError("QH6271 wide merge due to dupridge (forced)")
+        return scipy.spatial.ConvexHull(points, qhull_options=qhull_options)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(metrics, "ConvexHull", failing_plain_hull)
+        assert q1_from_contacts(_MUG_C, _MUG_N, joggle_fallback=False) == 0.0
+        assert q1_from_contacts(_MUG_C, _MUG_N) == pytest.approx(q, abs=1e-3)
+        # a rank-deficient set (all contacts on one point) is 0 even with the fallback: no 6-D hull to joggle
+        assert q1_from_contacts(np.repeat(_MUG_C[:1], 5, 0), np.repeat(_MUG_N[:1], 5, 0)) == 0.0
     # Q1 is monotone in the contact set: no subset may score higher
     for k in range(len(_MUG_C)):
         assert q1_from_contacts(np.delete(_MUG_C, k, 0), np.delete(_MUG_N, k, 0)) <= q + 1e-9
