@@ -46,6 +46,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .errors import InputError
+from .geometry import nearest, nearest_distance
 from .matcher import MatcherConfig, check_assignment, from_query_assignment, hungarian_match, to_query_assignment
 from .rotations import matrix_from_quaternion, quaternion_from_matrix
 
@@ -135,81 +136,13 @@ def normalise_targets(gt: dict, joint_lower: torch.Tensor, joint_upper: torch.Te
 
 
 # ------------------------------------------------------------------------------------------- geometric terms
-_POOL = None
-
-
-def _parallel(fn, items: list) -> list:
-    """[fn(x) for x in items], split over torch.get_num_threads() threads (k-d tree builds and queries release the
-    GIL: the loss terms' nearest-neighbour searches then use both cores of a 2-core machine, as the model does)."""
-    global _POOL
-    n = min(torch.get_num_threads(), len(items))
-    if n <= 1:
-        return [fn(x) for x in items]
-    from concurrent.futures import ThreadPoolExecutor
-
-    if _POOL is None or _POOL._max_workers < n:
-        _POOL = ThreadPoolExecutor(n, thread_name_prefix="dgtr-nn")
-    parts = np.array_split(np.arange(len(items)), n)
-    done = _POOL.map(lambda idx: [fn(items[i]) for i in idx], parts)
-    return [r for part in done for r in part]
-
-
-def _kd_nearest(tasks: list[tuple[np.ndarray, np.ndarray]]) -> list[np.ndarray]:
-    """[(points (M, 3), queries (N, 3)) float64] → [(N,) int64 index of each query's nearest point], in threads."""
-    from scipy.spatial import cKDTree
-
-    return _parallel(lambda pq: cKDTree(pq[0]).query(pq[1])[1].astype(np.int64), tasks)
-
-
-def _grouped_nearest(x: torch.Tensor, y: torch.Tensor, owner: torch.Tensor) -> torch.Tensor:
-    """x (K, N, 3) query sets, y (U, M, 3) point sets, owner (K,) long: row k's set is y[owner[k]] → (K, N) long
-    index of each x point's nearest point in its set.  One k-d tree per set in use, queried with all the rows it
-    serves at once (a set shared by several rows, e.g. one ground-truth hand matched in all decoder layers or one
-    object cloud under 16 hands, is indexed once)."""
-    K, N = x.shape[:2]
-    if K == 0 or N == 0 or y.shape[1] == 0:
-        return torch.zeros(K, N, dtype=torch.long, device=x.device)
-    if x.device.type != "cpu":  # no k-d tree on accelerators: brute force on the expanded sets
-        return _nearest(x, y[owner], method="brute")
-    xn, yn, own = x.detach().double().numpy(), y.detach().double().numpy(), owner.cpu().numpy()
-    order = np.argsort(own, kind="stable")
-    sets, starts = np.unique(own[order], return_index=True)
-    groups = np.split(order, starts[1:])
-    found = _kd_nearest([(yn[u], xn[rows].reshape(-1, 3)) for u, rows in zip(sets, groups)])
-    out = np.empty((K, N), dtype=np.int64)
-    for rows, idx in zip(groups, found):
-        out[rows] = idx.reshape(len(rows), N)
-    return torch.from_numpy(out)
-
-
-@torch.no_grad()
 def _nearest(a: torch.Tensor, b: torch.Tensor, both: bool = False, method: str | None = None,
              max_elems: int = 1 << 24):
-    """a (K, N, 3), b (K, M, 3) → (K, N) index of each a point's nearest b point (and, with ``both``, the (K, M)
-    index of each b point's nearest a point).
-
-    Only indices: callers recompute the distances with autograd.  method 'kdtree' (default on CPU): one k-d tree
-    per pair (scipy cKDTree, ~10x faster than brute force for thousands of points; pairs spread over threads);
-    'brute' (default elsewhere): argmin_j |b_j|² − 2 a_i·b_j from a batched matmul, chunked over K so at most
-    ~max_elems distances coexist.
-    """
-    K, N, M = a.shape[0], a.shape[1], b.shape[1]
-    if K == 0 or M == 0 or N == 0:
-        z = lambda n: torch.zeros(K, n, dtype=torch.long, device=a.device)
-        return (z(N), z(M)) if both else z(N)
-
-    method = method or ("kdtree" if a.device.type == "cpu" else "brute")
-    if method == "kdtree":
-        an, bn = a.detach().double().numpy(), b.detach().double().numpy()
-        nn = lambda x, y: torch.from_numpy(np.stack(_kd_nearest([(y[i], x[i]) for i in range(K)])))
-        return (nn(an, bn), nn(bn, an)) if both else nn(an, bn)
-
-    def brute(x, y):  # (K, n, 3), (K, m, 3) → (K, n)
-        chunk = max(1, max_elems // (x.shape[1] * y.shape[1]))
-        return torch.cat([torch.bmm(x[i:i + chunk], y[i:i + chunk].transpose(1, 2)).mul_(-2)
-                          .add_((y[i:i + chunk] ** 2).sum(-1)[:, None, :]).argmin(-1) for i in range(0, K, chunk)])
-
-    return (brute(a, b), brute(b, a)) if both else brute(a, b)
+    """a (K, N, 3), b (K, M, 3) → (K, N) index of each a point's nearest b point, row k against row k (and, with
+    ``both``, the (K, M) index of each b point's nearest a point): ``dgtr.geometry.nearest``, whose method
+    ('kdtree' on CPU, 'brute' elsewhere) and max_elems these are."""
+    one = lambda x, y: nearest(x, y, method=method, max_elems=max_elems)
+    return (one(a, b), one(b, a)) if both else one(a, b)
 
 
 def _pick(b: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
@@ -230,7 +163,7 @@ def chamfer(a: torch.Tensor, b: torch.Tensor, b_index: torch.Tensor | None = Non
             raise InputError(f"chamfer: {a.shape[0]} rows of a but {b.shape[0]} of b (give b_index)")
         b_index = torch.arange(a.shape[0], device=a.device)
     with torch.no_grad():
-        i_ab = _grouped_nearest(a, b, b_index)                                  # a → its set
+        i_ab = nearest(a, b, b_index)                                           # a → its set
         i_ba = _nearest(b[b_index], a) if a.shape[0] else i_ab[:, :0]           # each set → its row of a
     bk = b[b_index]
     return ((a - _pick(bk, i_ab)) ** 2).sum(-1).mean(-1) + ((bk - _pick(a, i_ba)) ** 2).sum(-1).mean(-1)
@@ -242,10 +175,7 @@ def vanilla_distance(keypoints: torch.Tensor, obj_points: torch.Tensor, tau: flo
     cloud) → (K,) Σ_i 1[d_i < τ]·d_i, d_i = min_p ‖p_i − p‖.  Each cloud gets one k-d tree for all its rows."""
     if obj_index is None:
         obj_index = torch.arange(keypoints.shape[0], device=keypoints.device)
-    with torch.no_grad():
-        idx = _grouped_nearest(keypoints, obj_points, obj_index)
-    diff = keypoints - _pick(obj_points[obj_index], idx)
-    d = torch.sqrt((diff ** 2).sum(-1) + 1e-12)  # eps: finite gradient when a keypoint sits on an object point
+    d = nearest_distance(keypoints, obj_points, obj_index)  # √(d² + 1e-12): finite gradient on an object point
     return torch.where(d < tau, d, torch.zeros_like(d)).sum(-1)
 
 

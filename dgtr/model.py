@@ -31,6 +31,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .errors import InputError
+from .geometry import knn  # the kNN grouping's search (also dgtr.model.knn for the comparison methods)
 from .rotations import matrix_from_quaternion
 
 __all__ = ["ModelConfig", "DGTR", "build_model", "farthest_point_sample", "MIN_POINTS"]
@@ -151,22 +152,6 @@ def fps_points(xyz: torch.Tensor, n: int) -> torch.Tensor:
     else:
         idx = _fps_torch(xyz, n)
     return _gather(xyz, idx)
-
-
-@torch.no_grad()
-def knn(centres: torch.Tensor, xyz: torch.Tensor, k: int) -> torch.Tensor:
-    """centres (B, S, 3), xyz (B, P, 3) → (B, S, min(k, P)) long: indices of each centre's k nearest points (in no
-    particular order: the max-pool does not care).  CPU: a KD-tree per object (exact, ~5x faster than sorting the
-    (S, P) distance matrix); elsewhere ``cdist`` + ``topk`` on the whole batch."""
-    k = min(k, xyz.shape[1])
-    if xyz.device.type != "cpu":
-        return torch.cdist(centres, xyz).topk(k, dim=-1, largest=False).indices
-    from scipy.spatial import cKDTree
-
-    workers = torch.get_num_threads()
-    out = [cKDTree(xyz[b].numpy()).query(centres[b].numpy(), k, workers=workers)[1].reshape(centres.shape[1], k)
-           for b in range(xyz.shape[0])]
-    return torch.from_numpy(np.stack(out).astype(np.int64))
 
 
 def _gather(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:

@@ -24,7 +24,8 @@ iteration) on 48 coarse grasps (seed 2): Q1 0.139 vs 0.135, Pen. 3.24 vs 3.26 mm
 within noise, at 3.3x less time.
 
 Per iteration the hand's kinematics run twice (once in its signed distance, once for the contact candidates and
-the self-penetration keypoints together), and the keypoints' nearest object points come from a KD-tree: the same
+the self-penetration keypoints together), and the keypoints' nearest object points come from a KD-tree (one for all
+grasps on a shared cloud, ``dgtr.geometry.knn``): the same
 iterations as the plain implementation (benchmarks/reference_tta.py; tests/test_tta_fast.py), ~1.5x faster.  Note
 that AB-TTA is chaotic over a long run: a relative change of 1e-7 in the starting joints moves single grasps by up to
 ~0.4 rad after 150 iterations, so settings are compared on the metrics of many grasps, never grasp by grasp.
@@ -121,6 +122,7 @@ import numpy as np
 import torch
 
 from .errors import InputError
+from .geometry import knn
 from .rotations import matrix_from_axis_angle, to_matrix
 
 __all__ = ["TTAConfig", "adapt", "tta_losses", "with_overrides"]
@@ -192,25 +194,6 @@ def _near_hand(hand, R, t, q, pts, n: int, chunk: int = 32) -> torch.Tensor:
     n = min(n, pts.shape[1])
     return torch.cat([hand.signed_distance(R[s:s + chunk], t[s:s + chunk], q[s:s + chunk], pts[s:s + chunk])
                       .topk(n, dim=1).indices for s in range(0, R.shape[0], chunk)])
-
-
-@torch.no_grad()
-def _knn(kp: torch.Tensor, pts: torch.Tensor, k: int, chunk: int = 32) -> torch.Tensor:
-    """kp (B, C, 3), pts (B, P, 3) → (B, C, k) indices of each keypoint's k nearest object points.
-
-    CPU: a KD-tree (one for all grasps when they share the cloud, as ``adapt`` is usually called), exact and ~20x
-    faster than sorting the (C, P) distances; elsewhere ``cdist`` + ``topk`` in chunks of grasps."""
-    k = min(k, pts.shape[1])
-    if pts.device.type != "cpu":
-        return torch.cat([torch.cdist(kp[s:s + chunk], pts[s:s + chunk]).topk(k, dim=-1, largest=False).indices
-                          for s in range(0, kp.shape[0], chunk)])
-    from scipy.spatial import cKDTree
-
-    B, C, _ = kp.shape
-    query = lambda tree, x: torch.from_numpy(tree.query(x.numpy(), k)[1].reshape(*x.shape[:-1], k).astype(np.int64))
-    if pts.stride(0) == 0:  # one cloud expanded over the grasps
-        return query(cKDTree(pts[0].numpy()), kp)
-    return torch.stack([query(cKDTree(pts[b].numpy()), kp[b]) for b in range(B)])
 
 
 def _sdf_fn(obj, cfg: TTAConfig):
@@ -304,7 +287,7 @@ def adapt(hand, points_or_obj, rot, t, q, cfg: TTAConfig | None = None, obj=None
         if sdf_fn is not None:
             init_close = sdf_fn(kp0).abs() < cfg.tau
         else:
-            init_close = (kp0[:, :, None] - _gather(pts, _knn(kp0, pts, 1))).norm(dim=-1).amin(-1) < cfg.tau
+            init_close = (kp0[:, :, None] - _gather(pts, knn(kp0, pts, 1))).norm(dim=-1).amin(-1) < cfg.tau
 
     history = []
     for it in range(cfg.iterations):
@@ -313,7 +296,7 @@ def adapt(hand, points_or_obj, rot, t, q, cfg: TTAConfig | None = None, obj=None
             with torch.no_grad():
                 near = _gather(pts, _near_hand(hand, R, tp, qp, pts, cfg.n_near))
                 nbrs = None if sdf_fn is not None else _gather(
-                    pts, _knn(hand.contact_candidates(R, tp, qp), pts, N_NEIGHBOURS))
+                    pts, knn(hand.contact_candidates(R, tp, qp), pts, N_NEIGHBOURS))
         terms = tta_losses(hand, R, tp, qp, near, nbrs, init_close, cfg.tau, sdf_fn)
         loss = (cfg.alpha_pen * terms["pen"] + cfg.alpha_dist * terms["dist"] + cfg.alpha_spen * terms["spen"])
         opt.zero_grad(set_to_none=True)

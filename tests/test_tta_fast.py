@@ -13,7 +13,8 @@ from pathlib import Path
 import torch
 
 from dgtr.hand import get_hand
-from dgtr.tta import TTAConfig, _knn, adapt, tta_losses
+from dgtr.geometry import knn
+from dgtr.tta import TTAConfig, adapt, tta_losses
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import reference_tta  # noqa: E402
@@ -67,7 +68,7 @@ def test_knn_kd_tree_finds_the_nearest_points():
     shared = pts[None].expand(3, -1, -1)                       # one cloud for every grasp (one tree)
     own = shared + 0.01 * torch.arange(3.0)[:, None, None]     # a cloud per grasp (a tree each)
     for P in (shared, own):
-        idx = _knn(kp, P, 8)
+        idx = knn(kp, P, 8)
         d = torch.cdist(kp.double(), P.double())
         torch.testing.assert_close(torch.gather(d, 2, idx).sort(-1).values,
                                    d.topk(8, dim=-1, largest=False).values, atol=1e-9, rtol=0)

@@ -15,7 +15,7 @@ import torch
 import torch.nn as nn
 
 from ..errors import InputError
-from ..losses import _grouped_nearest, _nearest
+from ..geometry import nearest_distance  # noqa: F401  (re-exported: the methods' contact maps)
 from ..model import MIN_POINTS, SetAbstraction, fps_points, knn
 from ..rotations import matrix_from_6d, sixd_from_matrix
 
@@ -170,23 +170,6 @@ def hand_points(hand, R, t, q, n: int) -> torch.Tensor:
     if n >= pts.shape[1]:
         return pts
     return pts[:, torch.linspace(0, pts.shape[1] - 1, n, device=pts.device).round().long()]
-
-
-def nearest_distance(x: torch.Tensor, y: torch.Tensor, owner: torch.Tensor | None = None) -> torch.Tensor:
-    """x (K, N, 3), y (U, M, 3) → (K, N) distance of each x point to its nearest point of y[owner[k]] (owner default:
-    row k against row k).  Nearest indices without autograd (``dgtr.losses``' k-d trees), distances recomputed with
-    it: differentiable with respect to both point sets."""
-    if owner is None:
-        if x.shape[0] != y.shape[0]:
-            raise InputError(f"nearest_distance: {x.shape[0]} query sets but {y.shape[0]} point sets")
-        idx = _nearest(x, y)
-        yk = y
-    else:
-        with torch.no_grad():
-            idx = _grouped_nearest(x, y, owner)
-        yk = y[owner]
-    near = torch.gather(yk, 1, idx[..., None].expand(-1, -1, 3))
-    return ((x - near) ** 2).sum(-1).add(1e-12).sqrt()  # eps: finite gradient on a coincident pair
 
 
 def contact_map(obj_points: torch.Tensor, hand_pts: torch.Tensor, sharpness: float = 100.0) -> torch.Tensor:
