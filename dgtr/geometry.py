@@ -2,7 +2,7 @@
 the encoder's kNN grouping (``dgtr.model``), the losses' chamfer and eq. 1 distances (``dgtr.losses``), AB-TTA's
 keypoint neighbours (``dgtr.tta``), the contact counts of ``dgtr.predict.score_grasps`` and the comparison methods'
 contact maps and cloud normals (``dgtr.methods``) all call; ``nearest`` is its k = 1 form and ``nearest_distance``
-the differentiable distance to that point.
+the differentiable distance to that point; ``gather`` picks the points (or features) the indices name.
 
 Only indices come out of the search (without autograd): callers recompute the distances they need from the points
 the indices pick, so gradients flow through the points and never through a K·N·M distance matrix.
@@ -25,7 +25,7 @@ import torch
 
 from .errors import InputError
 
-__all__ = ["knn", "nearest", "nearest_distance"]
+__all__ = ["knn", "nearest", "nearest_distance", "gather"]
 
 _POOL = None
 _POOL_PID = None
@@ -136,5 +136,18 @@ def nearest_distance(x: torch.Tensor, y: torch.Tensor, owner: torch.Tensor | Non
     yk = y if owner is None else y[owner]
     if yk.shape[0] != x.shape[0]:
         yk = yk.expand(x.shape[0], -1, -1)
-    near = torch.gather(yk, 1, idx[..., None].expand(-1, -1, 3))
-    return ((x - near) ** 2).sum(-1).add(1e-12).sqrt()
+    return ((x - gather(yk, idx)) ** 2).sum(-1).add(1e-12).sqrt()
+
+
+def gather(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """x (B, P, C), idx (B, *S) long → (B, *S, C): x[b, idx[b, ...]] (differentiable with respect to x).
+
+    A contiguous x goes through one ``index_select`` on its flattened rows (~5x faster than ``torch.gather``, which
+    the encoder's grouping notices); an expanded x (one cloud under many grasps, stride 0) through ``torch.gather``,
+    which needs no copy of it."""
+    B, C = x.shape[0], x.shape[-1]
+    flat = idx.reshape(B, -1)
+    if x.is_contiguous():
+        rows = (flat + torch.arange(B, device=x.device)[:, None] * x.shape[1]).flatten()
+        return x.reshape(-1, C).index_select(0, rows).reshape(*idx.shape, C)
+    return torch.gather(x, 1, flat[..., None].expand(-1, -1, C)).reshape(*idx.shape, C)

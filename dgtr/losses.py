@@ -46,7 +46,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .errors import InputError
-from .geometry import nearest, nearest_distance
+from .geometry import gather as _pick, nearest, nearest_distance
 from .matcher import MatcherConfig, check_assignment, from_query_assignment, hungarian_match, to_query_assignment
 from .rotations import matrix_from_quaternion, quaternion_from_matrix
 
@@ -136,20 +136,6 @@ def normalise_targets(gt: dict, joint_lower: torch.Tensor, joint_upper: torch.Te
 
 
 # ------------------------------------------------------------------------------------------- geometric terms
-def _nearest(a: torch.Tensor, b: torch.Tensor, both: bool = False, method: str | None = None,
-             max_elems: int = 1 << 24):
-    """a (K, N, 3), b (K, M, 3) → (K, N) index of each a point's nearest b point, row k against row k (and, with
-    ``both``, the (K, M) index of each b point's nearest a point): ``dgtr.geometry.nearest``, whose method
-    ('kdtree' on CPU, 'brute' elsewhere) and max_elems these are."""
-    one = lambda x, y: nearest(x, y, method=method, max_elems=max_elems)
-    return (one(a, b), one(b, a)) if both else one(a, b)
-
-
-def _pick(b: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-    """b (K, M, 3), idx (K, N) → (K, N, 3)."""
-    return torch.gather(b, 1, idx[..., None].expand(-1, -1, 3))
-
-
 def chamfer(a: torch.Tensor, b: torch.Tensor, b_index: torch.Tensor | None = None) -> torch.Tensor:
     """(K, N, 3), (U, M, 3) → (K,) mean_a min_b ‖a−b‖² + mean_b min_a ‖a−b‖² of each row of ``a`` against its set
     ``b[b_index[k]]`` (default: b_index = arange(K), U = K: row k against row k).
@@ -164,7 +150,7 @@ def chamfer(a: torch.Tensor, b: torch.Tensor, b_index: torch.Tensor | None = Non
         b_index = torch.arange(a.shape[0], device=a.device)
     with torch.no_grad():
         i_ab = nearest(a, b, b_index)                                           # a → its set
-        i_ba = _nearest(b[b_index], a) if a.shape[0] else i_ab[:, :0]           # each set → its row of a
+        i_ba = nearest(b[b_index], a) if a.shape[0] else i_ab[:, :0]           # each set → its row of a
     bk = b[b_index]
     return ((a - _pick(bk, i_ab)) ** 2).sum(-1).mean(-1) + ((bk - _pick(a, i_ba)) ** 2).sum(-1).mean(-1)
 

@@ -173,13 +173,14 @@ def score_grasps(hand, points: torch.Tensor, R, t, q) -> dict[str, np.ndarray]:
     'penetration' (m, max depth of the points inside the hand), 'contact_points' (contact candidates within 5 mm),
     'links_in_contact' (links within 1 cm, the Q1 protocol's rule), 'no_contact' (no contact point),
     'deep_penetration' (penetration > ``metrics.PEN_THRESHOLD``, 5 mm).  R (B,3,3), t (B,3), q (B,22)."""
+    from .geometry import nearest_distance
     from .metrics import CONTACT_THRESHOLD, PEN_THRESHOLD
 
     R, t, q = (torch.as_tensor(x, dtype=torch.float32) for x in (R, t, q))
     P = torch.as_tensor(points, dtype=torch.float32)[None].expand(R.shape[0], -1, -1)
     with torch.no_grad():
         per_link = hand.signed_distance(R, t, q, P, per_link=True)             # (B, P, G), positive inside
-        near = torch.cdist(hand.contact_candidates(R, t, q), P).amin(-1)      # (B, C)
+        near = nearest_distance(hand.contact_candidates(R, t, q), P)          # (B, C), one k-d tree for the cloud
     pen = per_link.amax((1, 2)).clamp_min(0).numpy()
     contacts = (near < CONTACT_POINT_DISTANCE).sum(-1).numpy()
     return {"penetration": pen, "contact_points": contacts,

@@ -122,7 +122,7 @@ import numpy as np
 import torch
 
 from .errors import InputError
-from .geometry import knn
+from .geometry import gather as _gather, knn
 from .rotations import matrix_from_axis_angle, to_matrix
 
 __all__ = ["TTAConfig", "adapt", "tta_losses", "with_overrides"]
@@ -180,12 +180,6 @@ def _object_points(obj, B: int, dtype, device) -> torch.Tensor:
     if not bool(torch.isfinite(pts).all()):
         raise InputError("points: contains NaN or inf")
     return pts
-
-
-def _gather(pts: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-    """pts (B, P, 3), idx (B, *S) → (B, *S, 3)."""
-    flat = idx.reshape(idx.shape[0], -1)
-    return torch.gather(pts, 1, flat[..., None].expand(-1, -1, 3)).reshape(*idx.shape, 3)
 
 
 @torch.no_grad()

@@ -4,7 +4,8 @@ import torch.nn.functional as F
 
 from dgtr.errors import InputError
 from dgtr.hand import get_hand  # a hard dependency (gymnasium-robotics' Shadow Hand): a broken loader fails here
-from dgtr.losses import (LossConfig, SetCriterion, _nearest, chamfer, normalise_targets, object_penetration,
+from dgtr.geometry import nearest
+from dgtr.losses import (LossConfig, SetCriterion, chamfer, normalise_targets, object_penetration,
                          vanilla_distance)
 from dgtr.model import build_model
 from dgtr.rotations import matrix_from_quaternion
@@ -207,10 +208,10 @@ def test_geometric_helpers_against_brute_force():
     # the k-d tree (CPU) and matmul (GPU) nearest-neighbour searches agree, also when chunked
     for x, y in ((a, b), (b, a)):
         ref_idx = torch.cdist(x, y).argmin(-1)
-        assert torch.equal(_nearest(x, y, method="kdtree"), ref_idx)
-        assert torch.equal(_nearest(x, y, method="brute", max_elems=1000), ref_idx)
-    i_ab, i_ba = _nearest(a, b, both=True, method="brute")
-    assert torch.equal(i_ba, torch.cdist(b, a).argmin(-1))
+        assert torch.equal(nearest(x, y, method="kdtree"), ref_idx)
+        assert torch.equal(nearest(x, y, method="brute", max_elems=1000), ref_idx)
+        assert torch.equal(nearest(x, y, owner=torch.tensor([2, 1, 0]), method="kdtree"),
+                           torch.cdist(x, y.flip(0)).argmin(-1))                # row k against set 2 − k
     # eq. 1: keypoints 5 mm and 20 mm from the only object point, τ = 1 cm → 5 mm
     kp = torch.tensor([[[0.0, 0, 0.005], [0.0, 0, 0.02]]])
     torch.testing.assert_close(vanilla_distance(kp, torch.zeros(1, 1, 3), 0.01), torch.tensor([0.005]))

@@ -30,7 +30,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..errors import InputError
-from ..losses import _nearest, vanilla_distance
+from ..geometry import gather, nearest
+from ..losses import vanilla_distance
 from ..metrics import MU, N_EDGES, TORQUE_SCALE
 from .common import (EncoderConfig, GraspCoder, MethodTrainSettings, NoRefine, PointEncoder, SampleConfig,
                      batch_targets, check_points, cloud_normals, mlp, GRASP_DIM)
@@ -144,10 +145,9 @@ class DDG(nn.Module):
                                             reduction="none").sum(-1).amin()
                            for b, (r, tt, qq) in enumerate(batch_targets(batch, pts.device))]).mean()
         kp = hand.contact_candidates(R, t, q)                                   # (B, C, 3)
-        idx = _nearest(kp, pts)
-        near = torch.gather(pts, 1, idx[..., None].expand(-1, -1, 3))
-        d = ((kp - near) ** 2).sum(-1).add(1e-12).sqrt()
-        normals = torch.gather(cloud_normals(pts, L.normal_k), 1, idx[..., None].expand(-1, -1, 3))
+        idx = nearest(kp, pts)
+        d = ((kp - gather(pts, idx)) ** 2).sum(-1).add(1e-12).sqrt()
+        normals = gather(cloud_normals(pts, L.normal_k), idx)
         q1 = soft_q1(kp, normals, torch.exp(-d / L.contact_sigma), self.directions, L.softmin)
         terms = {"reg": reg, "q1": -q1.mean(), "pen": hand.penetration(R, t, q, pts).mean(),
                  "spen": hand.self_penetration(R, t, q).mean(),
