@@ -6,7 +6,8 @@ Rows (median wall times; threads: torch's default, or OMP_NUM_THREADS / --thread
 - forward: one object (4096 points) → 16 grasps, eval mode, median of ``--runs`` runs after 3 warm-ups, with the
   bundled checkpoint's weights (random ones without it): the plain reference implementation
   (benchmarks/reference_model.py, the forward before the fast path) and the package's forward, timed alternately in
-  one run; and ``ModelConfig.reference()`` (the plain DESIGN §3 shape) on the fast path;
+  one run; the floor any implementation of that shape meets here: the encoder's matrix multiplies alone, timed as
+  plain ``a @ b`` of their sizes; and ``ModelConfig.reference()`` (the plain DESIGN §3 shape) on the fast path;
 - AB-TTA: 16 grasps placed around a 10 cm object, default TTAConfig, with the nearest-point distance (point cloud
   input) and with the mesh SDF (mesh input; its grid is built before timing); and with the setting the bundled
   checkpoint carries (dgtr/checkpoints/default.yaml), point cloud, beside the plain AB-TTA
@@ -111,6 +112,22 @@ def bench_forward(cfg: ModelConfig, pts: torch.Tensor, runs: int, device, with_r
     return ms[0], (ms[1] if with_reference else None), sum(p.numel() for p in model.parameters()), weights
 
 
+def matmul_floor(cfg: ModelConfig, runs: int, device) -> tuple[float, float]:
+    """(ms, GFLOP) of the encoder's shared-MLP matrix multiplies alone at ``cfg``'s shape, each timed as one plain
+    ``a @ b`` of its size on random data: what no implementation of this network shape computes in less time here
+    (the first layer of each level runs per input point, the others per grouped row, as dgtr's forward does)."""
+    shapes, n_in, c_in = [], cfg.n_points, 3          # level 1 sees xyz only, the others [xyz, features]
+    for S, k, widths in zip(cfg.sa_centres, cfg.sa_k, cfg.sa_mlps):
+        shapes.append((n_in, c_in, widths[0]))
+        shapes += [(S * k, a, b) for a, b in zip(widths[:-1], widths[1:])]
+        n_in, c_in = S, widths[-1] + 3
+    ms = 0.0
+    for m, k, n in shapes:
+        a, b = torch.randn(m, k, device=device), torch.randn(k, n, device=device)
+        ms += median_ms(lambda: a @ b, runs, device)
+    return ms, sum(2 * m * k * n for m, k, n in shapes) / 1e9
+
+
 def bench_tta(obj: ObjectModel, pts: torch.Tensor, runs: int, device, cfg: TTAConfig, mesh: bool = False,
               with_reference: bool = False) -> list[float]:
     """Median ms of ``adapt`` (and of the plain ``reference_adapt``, alternating, when asked)."""
@@ -172,6 +189,9 @@ def main() -> int:
     fast, ref, n, weights = bench_forward(ModelConfig(), pts, args.runs, device, with_reference=True)
     rows.append((f"forward, plain reference implementation ({weights}), 4096 pts -> 16 grasps", f"{ref:.1f} ms"))
     rows.append((f"forward, dgtr ({n / 1e6:.2f} M params, {weights}), 4096 pts -> 16 grasps", f"{fast:.1f} ms"))
+    floor, gflop = matmul_floor(ModelConfig(), args.runs, device)
+    rows.append((f"  of which a floor: the encoder's matrix multiplies alone ({gflop:.2f} GFLOP, plain a @ b)",
+                 f"{floor:.1f} ms"))
     ref_cfg = ModelConfig.reference()
     if ref_cfg != ModelConfig():
         ms, _, n, _ = bench_forward(ref_cfg, pts, args.runs, device, with_reference=False)

@@ -296,6 +296,11 @@ class Predictor:
         """``score_grasps`` with this predictor's hand."""
         return score_grasps(self.cpu_hand, points, R, t, q)
 
+    def check_top_k(self, top_k: int | None) -> None:
+        """InputError unless ``top_k`` is None or 1..Q (the model's queries), checked before any work."""
+        if top_k is not None and not 1 <= int(top_k) <= self.cfg.model.n_queries:
+            raise InputError(f"top_k: expected 1..{self.cfg.model.n_queries}, got {top_k}")
+
     def predict(self, inp: NetworkInput, tta: bool = True, top_k: int | None = None,
                 network_points: torch.Tensor | None = None):
         """``NetworkInput`` → GraspSet in the caller's frame (Q grasps, or the best ``top_k``).  network_points (N, 3):
@@ -304,8 +309,7 @@ class Predictor:
         from .data import GraspSet
         from .tta import adapt
 
-        if top_k is not None and not 1 <= int(top_k) <= self.cfg.model.n_queries:
-            raise InputError(f"top_k: expected 1..{self.cfg.model.n_queries}, got {top_k}")
+        self.check_top_k(top_k)
         pts = inp.points
         R, t, q = self.raw(pts if network_points is None else network_points)
         if tta:  # in the network frame, like the forward pass: shifted copies get the same refinement
@@ -472,6 +476,10 @@ def run_predict(args) -> int:
     out = check_out_dir(args.out)
     predictor = load(args.checkpoint, args.device)
     predictor.set_overrides(args.overrides)
+    try:
+        predictor.check_top_k(args.top_k)
+    except InputError as e:
+        raise InputError(f"--top-k: {str(e).removeprefix('top_k: ')}") from None
     refined = predictor.refinement if args.tta else None
     label = refined or ("no TTA" if not args.tta else f"{getattr(predictor, 'method', 'dgtr')}: no refinement")
     for code, path in objects:

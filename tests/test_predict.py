@@ -331,7 +331,7 @@ def test_cli_bad_input_is_one_line_and_writes_nothing(trained, tmp_path, capsys,
     base = ["predict", "--checkpoint", str(ckpt), "--mesh", str(duck()), "--scale", "0.05", "--no-tta"]
     cases = [(["--top-k", "0"], "--top-k"), (["--top-k", "-2"], "--top-k"), (["--top-k", "x"], "--top-k"),
              (["--threads", "0"], "--threads"), (["--scale", "0"], "--scale"), (["--scale", "nan"], "--scale"),
-             (["--scale", "-1"], "--scale"), (["--units", "km"], "--units"), (["--top-k", "99"], "top_k"),
+             (["--scale", "-1"], "--scale"), (["--units", "km"], "--units"), (["--top-k", "99"], "--top-k"),
              (["tta.iterations=-1"], "TTAConfig"), (["lr=3"], "overrides")]
     for extra, name in cases:
         assert cli_main(base + ["--out", str(out)] + extra) == 2, extra

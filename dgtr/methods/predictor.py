@@ -64,16 +64,20 @@ class MethodPredictor(Predictor):
         R, t, q = sample(self.model, points[None].to(self.device), s.n, s.passes, generator=gen)
         return R[0].cpu(), t[0].cpu(), q[0].cpu()
 
+    def check_top_k(self, top_k: int | None) -> None:
+        """InputError unless ``top_k`` is None or 1..the grasps drawn per object (checked before any work)."""
+        n = self.sample_config.n
+        if top_k is not None and not 1 <= int(top_k) <= n:
+            raise InputError(f"top_k: expected 1..{n} ({self.method} draws sample.n = {n} grasps per object), "
+                             f"got {top_k}")
+
     def predict(self, inp, tta: bool = True, top_k: int | None = None, network_points: torch.Tensor | None = None):
         """``NetworkInput`` → GraspSet in the caller's frame (n grasps, or the best ``top_k``).  The same steps as
         ``Predictor.predict`` with the method's refinement in place of AB-TTA (``network_points``: what the sampler
         sees instead of ``inp.points``; refinement and scores still use the object)."""
         from ..data import GraspSet
 
-        n = self.sample_config.n
-        if top_k is not None and not 1 <= int(top_k) <= n:
-            raise InputError(f"top_k: expected 1..{n} ({self.method} draws sample.n = {n} grasps per object), "
-                             f"got {top_k}")
+        self.check_top_k(top_k)
         pts = inp.points
         R, t, q = self.raw(pts if network_points is None else network_points)
         if tta and self.refinement:
