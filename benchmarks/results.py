@@ -4,7 +4,8 @@
                                  [--suites test,real] [--rows "DGTR + AB-TTA,..."]
 
 The spec (YAML) names the suites (a DexGraspNet-layout grasp folder, its meshes, optionally a split and the scales)
-and the rows (ground truth, or a checkpoint with AB-TTA on/off and top-k).  Each prediction row predicts every
+and the rows (ground truth, or a checkpoint with AB-TTA on/off, top-k and ``overrides``: ``dgtr predict``'s
+``key=value`` list, e.g. ``sample.passes=4`` for a comparison method; benchmarks/methods.yaml holds Tables 1 and 2).  Each prediction row predicts every
 (object, scale) entry of its suite: every object of the split (or every grasp file) at every scale of the suite
 (``scales:``, else the dataset's ``manifest.json`` scales, else the scales its ground truth holds), with or without
 ground-truth grasps (prediction needs none); it writes ``<out>/<suite>/<row>/<code>.npy`` and a ``provenance.json``
@@ -95,13 +96,20 @@ def load_predictor(row: dict, root: Path):
 
     ckpt = row["checkpoint"]
     path = DEFAULT_CHECKPOINT if ckpt == "default" else root / ckpt
+    if not path.is_file():
+        raise SystemExit(f"row {row['name']!r}: checkpoint {path} not found (train it; see the spec's comments)")
     predictor = dgtr.load(path)
+    if row.get("overrides"):  # ["tta.tau=0.02", ...]; a method's "refine.*" / "sample.*" (dgtr predict's form)
+        predictor.set_overrides(list(row["overrides"]))
     # replace() rejects an unknown key in the spec, check() a bad value
     predictor.tta_config = dataclasses.replace(predictor.tta_config, **(row.get("tta_overrides") or {}))
-    predictor.tta_config.check()
+    if hasattr(predictor.tta_config, "check"):
+        predictor.tta_config.check()
     prov = {"checkpoint": str(ckpt), "checkpoint_sha256": sha256_file(path), "tta": bool(row.get("tta", True)),
             "tta_config": dataclasses.asdict(predictor.tta_config) if row.get("tta", True) else None,
             "top_k": row.get("top_k")}
+    if getattr(predictor, "method", None):  # a comparison method: what it samples, and how
+        prov.update(method=predictor.method, sample_config=dataclasses.asdict(predictor.sample_config))
     return predictor, json.loads(json.dumps(prov))
 
 

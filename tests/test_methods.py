@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -361,6 +362,21 @@ def test_dgtr_train_export_load_predict_eval_a_method(dataset, tmp_path, capsys)
     assert len(g) == 16 and g.rotation.shape == (16, 3, 3) and g.translation.shape == (16, 3)
     assert g.joints.shape == (16, 22) and g.extra["contact_points"].shape == (16,)
     assert len(pred.predict_points(*pred.prepare(pts)[:2], 1.0, "c", tta=False, top_k=3)) == 3
+
+    # benchmarks/results.py (Tables 1 and 2) runs a method's row with dgtr predict's overrides
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import results
+    suite = {"grasps": str(dataset / "dataset"), "meshes": str(dataset / "meshdata"), "split": f"{dataset}:val"}
+    row = {"name": "GraspTTA 4", "checkpoint": str(small), "tta": False, "overrides": ["sample.n=4"]}
+    args = SimpleNamespace(out=str(tmp_path / "tables"), sim=False, workers=1)
+    rep = results.run_row(row, "val", suite, args, Path("/"))
+    prov = rep["row"]["provenance"]
+    assert prov["method"] == "grasptta" and prov["sample_config"]["n"] == 4
+    assert rep["overall"]["n"] == 4 * sum(len(set(load_grasps(dataset / "dataset" / f"{c}.npy").scale.tolist()))
+                                          for c in rep["row"]["objects"])
+    assert results.run_row(row, "val", suite, args, Path("/")) == rep          # the finished row is reused
+    with pytest.raises(SystemExit, match="not found"):
+        results.run_row(dict(row, checkpoint=str(tmp_path / "none.pt")), "val", suite, args, Path("/"))
 
     out = tmp_path / "pred"
     mesh = dataset / "meshdata" / "box_c" / "coacd" / "decomposed.obj"
