@@ -21,6 +21,7 @@ Works for any DexGraspNet-format grasp file (ours, the dataset's, another method
 from __future__ import annotations
 
 import argparse
+import base64
 import colorsys
 import math
 from pathlib import Path
@@ -65,14 +66,43 @@ def _cluster(v: np.ndarray, f: np.ndarray, cell: float) -> tuple[np.ndarray, np.
     return out, np.unique(f, axis=0)
 
 
+_LOCAL: dict = {}
+
+
+def _link_surfaces(hand, cell: float) -> list[tuple[int, np.ndarray, np.ndarray, np.ndarray | None]]:
+    """Each visual link mesh decimated once in its own frame (cached): [(link index, vertices (V, 3), faces (F, 3),
+    fingertip or None)]; the fingertip of a distal (leaf) link is its vertex farthest from the joint (the frame's
+    origin), taken from the full mesh."""
+    key = (id(hand), cell)
+    if key not in _LOCAL:
+        parents = {link.parent for link in hand.tree}
+        out = []
+        for i, n in enumerate(hand.link_names):
+            m = hand._link_meshes.get(n)
+            if m is None:
+                continue
+            v, f = np.asarray(m.vertices, dtype=np.float64), np.asarray(m.faces)
+            tip = v[np.linalg.norm(v, axis=1).argmax()] if i not in parents else None
+            out.append((i, *_cluster(v, f, cell), tip))
+        _LOCAL[key] = out
+    return _LOCAL[key]
+
+
+def _link_poses(hand, R, t, q) -> np.ndarray:
+    """(L, 4, 4) float64 link transforms of one grasp R (3,3), t (3,), q (22,)."""
+    R, t, q = (torch.as_tensor(np.asarray(x), dtype=torch.float32) for x in (R, t, q))
+    with torch.no_grad():
+        return hand.link_transforms(R[None], t[None], q[None])[0].double().numpy()
+
+
 def hand_surface(hand, R, t, q, cell: float = HTML_CELL) -> tuple[np.ndarray, np.ndarray]:
-    """The hand's visual meshes at one grasp, each link decimated on its own (so touching fingers do not merge):
-    R (3,3), t (3,), q (22,) → (vertices (V, 3) float64 m, faces (F, 3) int)."""
+    """The hand's visual meshes at one grasp, each link decimated on its own in its own frame (so touching fingers
+    do not merge; once per link and cell, then only moved): R (3,3), t (3,), q (22,) → (vertices (V, 3) float64 m,
+    faces (F, 3) int)."""
+    T = _link_poses(hand, R, t, q)
     vs, fs, n = [], [], 0
-    for m in hand.visual_meshes(torch.as_tensor(R, dtype=torch.float32), torch.as_tensor(t, dtype=torch.float32),
-                                torch.as_tensor(q, dtype=torch.float32)):
-        v, f = _cluster(np.asarray(m.vertices), np.asarray(m.faces), cell)
-        vs.append(v)
+    for i, v, f, _ in _link_surfaces(hand, cell):
+        vs.append(v @ T[i, :3, :3].T + T[i, :3, 3])
         fs.append(f + n)
         n += len(v)
     return np.concatenate(vs), np.concatenate(fs)
@@ -82,19 +112,11 @@ def hand_skeleton(hand, R, t, q) -> np.ndarray:
     """The hand at one grasp as line segments: every link origin joined to its parent's, and each fingertip (the
     distal link's visual-mesh vertex farthest from its joint) to its link → (S, 3) points, NaN rows between
     segments (a plotly line trace)."""
-    R, t, q = (torch.as_tensor(x, dtype=torch.float32) for x in (R, t, q))
-    with torch.no_grad():
-        origin = hand.link_transforms(R[None], t[None], q[None])[0, :, :3, 3].double().numpy()   # (L, 3)
-    names = [link.name for link in hand.tree]
-    parents = [link.parent for link in hand.tree]
-    tips = {}
-    for m in hand.visual_meshes(R, t, q):
-        i = names.index(m.metadata["link"])
-        if i not in parents:                                  # a leaf: the fingertip
-            v = np.asarray(m.vertices)
-            tips[i] = v[np.linalg.norm(v - origin[i], axis=1).argmax()]
-    segs = [(origin[p], origin[i]) for i, p in enumerate(parents) if p >= 0]
-    segs += [(origin[i], tip) for i, tip in tips.items()]
+    T = _link_poses(hand, R, t, q)
+    origin = T[:, :3, 3]
+    segs = [(origin[link.parent], origin[i]) for i, link in enumerate(hand.tree) if link.parent >= 0]
+    segs += [(origin[i], T[i, :3, :3] @ tip + origin[i]) for i, _, _, tip in _link_surfaces(hand, HTML_CELL)
+             if tip is not None]
     nan = np.full(3, np.nan)
     return np.array([x for a, b in segs for x in (a, b, nan)])
 
@@ -219,26 +241,32 @@ def write_png(path, grasps, hand, mesh=None, points=None, title: str = "", indic
         fig.savefig(tmp, format="png")
 
 
-def grasp_figure(grasps, hand, mesh=None, points=None, title: str = "", indices=None):
-    """The plotly figure of ``write_html``: traces [object, n hand meshes, n hand skeletons]; slider steps 0..n-1 show
-    the object and one hand mesh, the last ("all") the object and every skeleton.  Arguments as ``write_png``."""
-    import plotly.graph_objects as go
+def _typed(a: np.ndarray) -> dict:
+    """A plotly.js typed array (base64 of the raw little-endian values, what plotly's own validation writes)."""
+    a = np.ascontiguousarray(a)
+    code = {np.dtype(np.float32): "f4", np.dtype(np.uint16): "u2", np.dtype(np.int32): "i4"}[a.dtype]
+    return {"dtype": code, "bdata": base64.b64encode(a.astype(a.dtype.newbyteorder("<")).tobytes()).decode()}
 
+
+def grasp_figure(grasps, hand, mesh=None, points=None, title: str = "", indices=None) -> dict:
+    """The plotly figure of ``write_html`` as a plain dict (``plotly.graph_objects.Figure(fig)`` makes it an object;
+    the page is written without plotly's per-property validation, which cost ~1 s for 16 hands): traces [object,
+    n hand meshes, n hand skeletons]; slider steps 0..n-1 show the object and one hand mesh, the last ("all") the
+    object and every skeleton.  Arguments as ``write_png``."""
     n = len(grasps)
     indices = list(range(n)) if indices is None else list(indices)
     extra = _ensure_scores(grasps, hand, points if points is not None else
                            (mesh.sample(4096, seed=0) if mesh is not None else None))
+    xyz = lambda v: dict(x=_typed(v[:, 0]), y=_typed(v[:, 1]), z=_typed(v[:, 2]))
     traces = []
     if mesh is not None:
         v, f = _object_geometry(mesh)
-        v = v.astype(np.float32)
-        traces.append(go.Mesh3d(x=v[:, 0], y=v[:, 1], z=v[:, 2], i=f[:, 0].astype(np.int32),
-                                j=f[:, 1].astype(np.int32), k=f[:, 2].astype(np.int32), color="#b0b0b0",
-                                opacity=1.0, name="object", flatshading=True, hoverinfo="skip"))
+        f = f.astype(np.int32)
+        traces.append(dict(type="mesh3d", **xyz(v.astype(np.float32)), i=_typed(f[:, 0]), j=_typed(f[:, 1]), k=_typed(f[:, 2]),
+                           color="#b0b0b0", opacity=1.0, name="object", flatshading=True, hoverinfo="skip"))
     else:
-        p = np.asarray(points, dtype=np.float32)
-        traces.append(go.Scatter3d(x=p[:, 0], y=p[:, 1], z=p[:, 2], mode="markers", name="object",
-                                   marker=dict(size=1.5, color="#808080"), hoverinfo="skip"))
+        traces.append(dict(type="scatter3d", **xyz(np.asarray(points, dtype=np.float32)), mode="markers",
+                           name="object", marker=dict(size=1.5, color="#808080"), hoverinfo="skip"))
     colours = grasp_colours(n)
     R, t, q = grasps.rotation.numpy(), grasps.translation.numpy(), grasps.joints.numpy()
     labels = [_label(extra, i, indices[i]) for i in range(n)]
@@ -246,13 +274,13 @@ def grasp_figure(grasps, hand, mesh=None, points=None, title: str = "", indices=
         v, f = hand_surface(hand, R[i], t[i], q[i], HTML_CELL)
         v = np.round(v, 4).astype(np.float32)          # 0.1 mm is far below what the eye sees
         f = f.astype(np.uint16 if len(v) < 65536 else np.int32)
-        traces.append(go.Mesh3d(x=v[:, 0], y=v[:, 1], z=v[:, 2], i=f[:, 0], j=f[:, 1], k=f[:, 2], name=labels[i],
-                                color=colours[i], opacity=1.0, visible=i == 0, lighting=dict(ambient=0.45, diffuse=0.7), showlegend=True,
-                                hoverinfo="name"))
+        traces.append(dict(type="mesh3d", **xyz(v), i=_typed(f[:, 0]), j=_typed(f[:, 1]), k=_typed(f[:, 2]), name=labels[i],
+                           color=colours[i], opacity=1.0, visible=i == 0, lighting=dict(ambient=0.45, diffuse=0.7),
+                           showlegend=True, hoverinfo="name"))
     for i in range(n):  # the "all" step: skeletons, so that 16 hands do not bury the object
         s = np.round(hand_skeleton(hand, R[i], t[i], q[i]), 4).astype(np.float32)
-        traces.append(go.Scatter3d(x=s[:, 0], y=s[:, 1], z=s[:, 2], mode="lines", name=labels[i], visible=False,
-                                   line=dict(color=colours[i], width=6), hoverinfo="name", connectgaps=False))
+        traces.append(dict(type="scatter3d", **xyz(s), mode="lines", name=labels[i], visible=False,
+                           line=dict(color=colours[i], width=6), hoverinfo="name", connectgaps=False))
     head = f"{title} — " if title else ""
     steps = []
     for i in range(n):
@@ -262,20 +290,21 @@ def grasp_figure(grasps, hand, mesh=None, points=None, title: str = "", indices=
     steps.append(dict(method="update", label="all",
                       args=[{"visible": [True] + [False] * n + [True] * n},
                             {"title.text": f"{head}all {n} grasps (hand skeletons; click a legend entry to hide it)"}]))
-    fig = go.Figure(traces)
-    fig.update_layout(title=dict(text=head + (labels[0] if n else "no grasps")), scene=dict(aspectmode="data"),
-                      margin=dict(l=0, r=0, t=40, b=0), legend=dict(title="grasps"),
-                      sliders=[dict(active=0, steps=steps, currentvalue=dict(prefix="grasp "), pad=dict(t=10))]
-                      if n else [])
-    return fig
+    layout = dict(title=dict(text=head + (labels[0] if n else "no grasps")), scene=dict(aspectmode="data"),
+                  margin=dict(l=0, r=0, t=40, b=0), legend=dict(title=dict(text="grasps")),
+                  sliders=[dict(active=0, steps=steps, currentvalue=dict(prefix="grasp "), pad=dict(t=10))]
+                  if n else [])
+    return dict(data=traces, layout=layout)
 
 
 def write_html(path, grasps, hand, mesh=None, points=None, title: str = "", indices=None) -> None:
     """Plotly page of ``grasp_figure``: one grasp at a time with a slider, or all.  plotly.min.js is written beside
     ``path`` (once) and loaded from there, so the page works offline and stays small."""
-    fig = grasp_figure(grasps, hand, mesh=mesh, points=points, title=title, indices=indices)
+    import plotly.io as pio
+
     from .files import atomic_path
 
+    fig = grasp_figure(grasps, hand, mesh=mesh, points=points, title=title, indices=indices)
     p = Path(path)
     if not (p.parent / "plotly.min.js").is_file():
         import shutil
@@ -283,7 +312,8 @@ def write_html(path, grasps, hand, mesh=None, points=None, title: str = "", indi
         import plotly
         with atomic_path(p.parent / "plotly.min.js") as tmp:
             shutil.copyfile(Path(plotly.__file__).parent / "package_data" / "plotly.min.js", tmp)
-    html = fig.to_html(include_plotlyjs="plotly.min.js", full_html=True)  # <script src="plotly.min.js">: offline
+    # <script src="plotly.min.js">: offline; the dict is plotly's own schema (tests build a Figure from it)
+    html = pio.to_html(fig, include_plotlyjs="plotly.min.js", full_html=True, validate=False)
     with atomic_path(p) as tmp:
         tmp.write_text(html, encoding="utf-8")
 

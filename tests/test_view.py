@@ -1,4 +1,6 @@
 """Pictures and MuJoCo scenes of grasps (`dgtr view`, and the pictures of `dgtr predict` / `dgtr demo`)."""
+import base64
+
 import numpy as np
 import pytest
 import torch
@@ -8,7 +10,7 @@ from dgtr.data import GraspSet, load_grasps
 from dgtr.hand import get_hand
 from dgtr.objects import load_object
 from dgtr.predict import score_grasps
-from dgtr.view import grasp_colours, grasp_figure, grasp_scene_mjcf, png_figure, write_html
+from dgtr.view import grasp_colours, grasp_figure, grasp_scene_mjcf, hand_surface, png_figure, write_html
 
 from test_train import make_dataset, place_grasps
 
@@ -35,7 +37,10 @@ def test_colours_are_distinct_for_any_number_of_grasps():
 def test_html_one_grasp_at_a_time_all_step_shared_object_and_small(data, tmp_path):
     hand, obj = get_hand(), _box(data)
     g = GraspSet.concat([place_grasps(0.5, 0.1, 8, seed=s) for s in (1, 2)])     # 16 grasps
-    fig = grasp_figure(g, hand, mesh=obj.mesh, title="box")
+    import plotly.graph_objects as go
+
+    raw = grasp_figure(g, hand, mesh=obj.mesh, title="box")
+    fig = go.Figure(raw)                              # a plain dict, valid for plotly
     kinds = [tr.type for tr in fig.data]
     assert kinds == ["mesh3d"] + ["mesh3d"] * 16 + ["scatter3d"] * 16 and fig.data[0].name == "object"
     steps = fig.layout.sliders[0].steps
@@ -48,7 +53,11 @@ def test_html_one_grasp_at_a_time_all_step_shared_object_and_small(data, tmp_pat
     assert vis[0] and not any(vis[1:17]) and all(vis[17:])
     assert len({tr.color for tr in fig.data[1:17]}) == 16
     assert [tr.visible for tr in fig.data[1:17]] == [True] + [False] * 15
-    assert len(fig.data[1].x) > 1000                 # a hand surface, not a few points
+    x = raw["data"][1]["x"]                           # plotly.js typed arrays, as plotly itself writes them
+    hand_x = np.frombuffer(base64.b64decode(x["bdata"]), dtype="<f4")
+    assert x["dtype"] == "f4" and len(hand_x) > 1000  # a hand surface, not a few points
+    v, _ = hand_surface(hand, g.rotation[0].numpy(), g.translation[0].numpy(), g.joints[0].numpy())
+    np.testing.assert_allclose(hand_x, np.round(v[:, 0], 4).astype(np.float32))
     page = tmp_path / "box.html"
     write_html(page, g, hand, mesh=obj.mesh, title="box")
     assert page.stat().st_size <= 2_000_000, page.stat().st_size
@@ -162,3 +171,34 @@ def test_view_bad_input_is_one_line_and_writes_nothing(data, tmp_path, capsys, m
     assert cli_main(["view", f, "--meshes", meshes, "--object", "zzz", "--out", out]) == 2
     _one_line(capsys, "zzz")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["file.txt"]     # nothing written, not even --out
+
+
+def test_hand_surface_and_skeleton_follow_the_posed_visual_meshes(data):
+    """Decimated once per link in its own frame, then moved: every vertex stays within a cell of the posed full
+    mesh, every link is there, and the skeleton's fingertips are the posed meshes' farthest vertices."""
+    from scipy.spatial import cKDTree
+
+    from dgtr.view import hand_skeleton
+
+    hand = get_hand()
+    g = place_grasps(0.5, 0.1, 2, seed=4)
+    R, t, q = g.rotation[1].numpy(), g.translation[1].numpy(), g.joints[1].numpy()
+    full = hand.visual_meshes(R, t, q)
+    v, f = hand_surface(hand, R, t, q, cell=0.005)
+    d, _ = cKDTree(np.concatenate([m.vertices for m in full])).query(v)
+    assert d.max() < 0.005 * 3 ** 0.5 and f.max() < len(v) and len(f) > 1000
+    names = [link.name for link in hand.tree]
+    parents = {link.parent for link in hand.tree}
+    origin = hand.link_transforms(torch.as_tensor(R)[None].float(), torch.as_tensor(t)[None].float(),
+                                  torch.as_tensor(q)[None].float())[0, :, 3 - 3:3, 3].double().numpy()
+    skel = hand_skeleton(hand, R, t, q)
+    ends = skel[1::3]                                   # the second point of each segment
+    for m in full:                                      # each fingertip: a farthest posed vertex from its joint
+        i = names.index(m.metadata["link"])
+        if i in parents:
+            continue
+        far = np.linalg.norm(np.asarray(m.vertices) - origin[i], axis=1)
+        on_mesh = np.linalg.norm(np.asarray(m.vertices)[:, None] - ends[None], axis=2).min(0) < 1e-5
+        assert on_mesh.any()
+        tip = ends[on_mesh][0]
+        assert abs(np.linalg.norm(tip - origin[i]) - far.max()) < 1e-6
