@@ -69,6 +69,9 @@ def main() -> int:
     print(f"optimised {opt}, validated {kept} (yield {kept / max(1, opt):.0%}); worker time {secs / 3600:.2f} h "
           f"= {kept / max(1e-9, secs):.2f} validated grasps per worker-second "
           f"(x2 with --workers 2 on 2 cores)")
+    cpu = sum(r.get("cpu_seconds", 0.0) for r in records.values())
+    if cpu:  # wall time counts waits for a core shared with other jobs; CPU time is what free cores would give
+        print(f"worker CPU time {cpu / 3600:.2f} h = {kept / cpu:.2f} validated grasps per CPU-second")
     return 0
 
 
