@@ -36,7 +36,8 @@ def simulator(name: str, hand, obj, scale: float) -> GraspSimulator:
         dataclasses.replace(SimConfig(), give_up=0.02) if name == "giveup2cm" else SimConfig()
     sim = GraspSimulator(hand, obj.with_scale(scale), cfg)
     if name.startswith("hull"):
-        sim.model = mujoco.MjModel.from_xml_string(sim.xml.replace("<mesh name=", f'<mesh maxhullvert="{name[4:]}" name='))
+        xml = sim.xml.replace("<mesh name=", f'<mesh maxhullvert="{name[4:]}" name=')
+        sim.model = mujoco.MjModel.from_xml_string(xml)
         sim.data = mujoco.MjData(sim.model)
     if name == "nomulticcd":
         sim.model.opt.disableflags |= mujoco.mjtDisableBit.mjDSBL_MULTICCD

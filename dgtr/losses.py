@@ -148,10 +148,10 @@ def chamfer(a: torch.Tensor, b: torch.Tensor, b_index: torch.Tensor | None = Non
         if a.shape[0] != b.shape[0]:
             raise InputError(f"chamfer: {a.shape[0]} rows of a but {b.shape[0]} of b (give b_index)")
         b_index = torch.arange(a.shape[0], device=a.device)
-    with torch.no_grad():
-        i_ab = nearest(a, b, b_index)                                           # a → its set
-        i_ba = nearest(b[b_index], a) if a.shape[0] else i_ab[:, :0]           # each set → its row of a
     bk = b[b_index]
+    with torch.no_grad():
+        i_ab = nearest(a, b, b_index)                                           # a → its set (one tree per set)
+        i_ba = nearest(bk, a) if a.shape[0] else i_ab[:, :0]                    # each set → its row of a
     return ((a - _pick(bk, i_ab)) ** 2).sum(-1).mean(-1) + ((bk - _pick(a, i_ba)) ** 2).sum(-1).mean(-1)
 
 

@@ -66,15 +66,12 @@ def _cluster(v: np.ndarray, f: np.ndarray, cell: float) -> tuple[np.ndarray, np.
     return out, np.unique(f, axis=0)
 
 
-_LOCAL: dict = {}
-
-
 def _link_surfaces(hand, cell: float) -> list[tuple[int, np.ndarray, np.ndarray, np.ndarray | None]]:
     """Each visual link mesh decimated once in its own frame (cached): [(link index, vertices (V, 3), faces (F, 3),
     fingertip or None)]; the fingertip of a distal (leaf) link is its vertex farthest from the joint (the frame's
-    origin), taken from the full mesh."""
-    key = (id(hand), cell)
-    if key not in _LOCAL:
+    origin), taken from the full mesh.  Cached on the hand object (its meshes never change)."""
+    cache = hand.__dict__.setdefault("_view_surfaces", {})
+    if cell not in cache:
         parents = {link.parent for link in hand.tree}
         out = []
         for i, n in enumerate(hand.link_names):
@@ -84,8 +81,8 @@ def _link_surfaces(hand, cell: float) -> list[tuple[int, np.ndarray, np.ndarray,
             v, f = np.asarray(m.vertices, dtype=np.float64), np.asarray(m.faces)
             tip = v[np.linalg.norm(v, axis=1).argmax()] if i not in parents else None
             out.append((i, *_cluster(v, f, cell), tip))
-        _LOCAL[key] = out
-    return _LOCAL[key]
+        cache[cell] = out
+    return cache[cell]
 
 
 def _link_poses(hand, R, t, q) -> np.ndarray:
@@ -243,9 +240,8 @@ def write_png(path, grasps, hand, mesh=None, points=None, title: str = "", indic
 
 def _typed(a: np.ndarray) -> dict:
     """A plotly.js typed array (base64 of the raw little-endian values, what plotly's own validation writes)."""
-    a = np.ascontiguousarray(a)
-    code = {np.dtype(np.float32): "f4", np.dtype(np.uint16): "u2", np.dtype(np.int32): "i4"}[a.dtype]
-    return {"dtype": code, "bdata": base64.b64encode(a.astype(a.dtype.newbyteorder("<")).tobytes()).decode()}
+    a = np.ascontiguousarray(a, dtype=a.dtype.newbyteorder("<"))   # f4, u2 or i4 here
+    return {"dtype": f"{a.dtype.kind}{a.dtype.itemsize}", "bdata": base64.b64encode(a.tobytes()).decode()}
 
 
 def grasp_figure(grasps, hand, mesh=None, points=None, title: str = "", indices=None) -> dict:
@@ -258,12 +254,12 @@ def grasp_figure(grasps, hand, mesh=None, points=None, title: str = "", indices=
     extra = _ensure_scores(grasps, hand, points if points is not None else
                            (mesh.sample(4096, seed=0) if mesh is not None else None))
     xyz = lambda v: dict(x=_typed(v[:, 0]), y=_typed(v[:, 1]), z=_typed(v[:, 2]))
+    ijk = lambda f: dict(i=_typed(f[:, 0]), j=_typed(f[:, 1]), k=_typed(f[:, 2]))
     traces = []
     if mesh is not None:
         v, f = _object_geometry(mesh)
-        f = f.astype(np.int32)
-        traces.append(dict(type="mesh3d", **xyz(v.astype(np.float32)), i=_typed(f[:, 0]), j=_typed(f[:, 1]), k=_typed(f[:, 2]),
-                           color="#b0b0b0", opacity=1.0, name="object", flatshading=True, hoverinfo="skip"))
+        traces.append(dict(type="mesh3d", **xyz(v.astype(np.float32)), **ijk(f.astype(np.int32)), color="#b0b0b0",
+                           opacity=1.0, name="object", flatshading=True, hoverinfo="skip"))
     else:
         traces.append(dict(type="scatter3d", **xyz(np.asarray(points, dtype=np.float32)), mode="markers",
                            name="object", marker=dict(size=1.5, color="#808080"), hoverinfo="skip"))
@@ -274,9 +270,9 @@ def grasp_figure(grasps, hand, mesh=None, points=None, title: str = "", indices=
         v, f = hand_surface(hand, R[i], t[i], q[i], HTML_CELL)
         v = np.round(v, 4).astype(np.float32)          # 0.1 mm is far below what the eye sees
         f = f.astype(np.uint16 if len(v) < 65536 else np.int32)
-        traces.append(dict(type="mesh3d", **xyz(v), i=_typed(f[:, 0]), j=_typed(f[:, 1]), k=_typed(f[:, 2]), name=labels[i],
-                           color=colours[i], opacity=1.0, visible=i == 0, lighting=dict(ambient=0.45, diffuse=0.7),
-                           showlegend=True, hoverinfo="name"))
+        traces.append(dict(type="mesh3d", **xyz(v), **ijk(f), name=labels[i], color=colours[i], opacity=1.0,
+                           visible=i == 0, lighting=dict(ambient=0.45, diffuse=0.7), showlegend=True,
+                           hoverinfo="name"))
     for i in range(n):  # the "all" step: skeletons, so that 16 hands do not bury the object
         s = np.round(hand_skeleton(hand, R[i], t[i], q[i]), 4).astype(np.float32)
         traces.append(dict(type="scatter3d", **xyz(s), mode="lines", name=labels[i], visible=False,
