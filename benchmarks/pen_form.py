@@ -18,19 +18,14 @@ Table to ``<out>/results.md``.  Resumable: finished runs and scored rows are reu
 from __future__ import annotations
 
 import argparse
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
-import torch
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from branch_run import branch  # noqa: E402
 from results import run_row, table  # noqa: E402
 
-from dgtr import config as config_mod  # noqa: E402
-from dgtr.files import torch_save  # noqa: E402
-from dgtr.train import TrainConfig  # noqa: E402
 
 BASE = "configs/ablation_small.yaml"
 SHARED_EPOCHS = 8      # 6 DMT + 2 SMW: no penetration term in either form
@@ -42,21 +37,6 @@ def dgtr_train(run: Path, args, extra=()) -> None:
     cmd += list(extra)
     print("==", " ".join(cmd[2:]), flush=True)
     subprocess.run(cmd, check=True)
-
-
-def branch(src: Path, dest: Path, overrides: list[str]) -> None:
-    """Copy the shared run ``src`` to ``dest`` with ``overrides`` applied to its saved config (not to its weights)."""
-    if (dest / "checkpoint.pt").exists():
-        return
-    tmp = dest.with_name(dest.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    shutil.copytree(src, tmp, ignore=shutil.ignore_patterns("tb", "clouds"))
-    ck = torch.load(tmp / "checkpoint.pt", map_location="cpu", weights_only=True)
-    cfg = config_mod.from_dict(TrainConfig, config_mod.apply_overrides(ck["config"], overrides))
-    ck["config"] = config_mod.to_dict(cfg)
-    torch_save(ck, tmp / "checkpoint.pt")
-    config_mod.save(cfg, tmp / "config.yaml")
-    tmp.rename(dest)
 
 
 def main() -> int:

@@ -55,7 +55,8 @@ def slug(name: str) -> str:
 
 def suite_objects(suite: dict, root: Path) -> tuple[Path, Path, list[str]]:
     """(grasp folder, mesh folder, object codes): the split's objects that have a mesh (with or without a grasp
-    file), or every grasp file's object when the suite has no split."""
+    file; only those with one when the suite says ``with_grasps: true``, e.g. a split of a dataset still being
+    synthesised), or every grasp file's object when the suite has no split."""
     grasps, meshes = root / suite["grasps"], root / suite["meshes"]
     if not grasps.is_dir() or not meshes.is_dir():
         raise SystemExit(f"suite: {grasps} or {meshes} not found")
@@ -63,6 +64,8 @@ def suite_objects(suite: dict, root: Path) -> tuple[Path, Path, list[str]]:
         file, name = suite["split"].rsplit(":", 1)
         have_mesh = list_objects(str(meshes))
         codes = sorted(c for c in read_splits(root / file)[name] if c in have_mesh)
+        if suite.get("with_grasps"):
+            codes = [c for c in codes if (grasps / f"{c}.npy").is_file()]
     else:
         codes = sorted(p.stem for p in grasps.glob("*.npy"))
     return grasps, meshes, codes

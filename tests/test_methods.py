@@ -468,3 +468,17 @@ def test_method_predictor_overrides(batch):
         pred.set_overrides(["sample.passes=3"])
     with pytest.raises(InputError, match="after training"):
         pred.set_overrides(["loss.ipdf_queries=3"])
+
+
+def test_results_suite_with_grasps_keeps_the_split_objects_that_have_them(dataset, tmp_path):
+    """benchmarks/results.py on a dataset still being synthesised: ``with_grasps`` drops split objects without a
+    grasp file (prediction rows would otherwise predict them too)."""
+    import shutil
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import results
+    data = tmp_path / "partial"
+    shutil.copytree(dataset, data)
+    (data / "dataset" / "cyl_b.npy").unlink()
+    suite = {"grasps": str(data / "dataset"), "meshes": str(data / "meshdata"), "split": f"{data}:train"}
+    assert results.suite_objects(suite, Path("/"))[2] == ["box_a", "cyl_b"]
+    assert results.suite_objects(dict(suite, with_grasps=True), Path("/"))[2] == ["box_a"]
