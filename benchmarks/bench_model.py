@@ -14,7 +14,11 @@ Rows (median wall times; threads: torch's default, or OMP_NUM_THREADS / --thread
   (benchmarks/reference_tta.py);
 - training: objects/s of full optimiser steps (forward, matching, losses of the stage, backward, Adam) with the
   default config on a synthetic batch of ``--train-batch`` objects × 16 ground-truth grasps, DMT and SMPT stages,
-  with the plain reference forward and with the package's.
+  with the plain reference forward and with the package's;
+- ``dgtr predict``: the command, start to all outputs (grasps, PNG, HTML), one object at one scale
+  (``--predict-mesh``, default the DexGraspNet mug of ../shared/dexgraspnet at scale 0.1), median of
+  ``--predict-runs`` runs as it comes and while two other processes keep both cores busy (plain Python loops at
+  normal priority, started by the benchmark).
 """
 from __future__ import annotations
 
@@ -23,6 +27,7 @@ import os
 import statistics
 import sys
 import time
+from pathlib import Path
 
 import dgtr
 import torch
@@ -168,6 +173,31 @@ def bench_train(batch: int, steps: int, device, stage: str, reference: bool = Fa
     return batch / (ms / 1e3)
 
 
+MUG = (Path(__file__).resolve().parents[1] / ".." / "shared" / "dexgraspnet" / "meshdata"
+       / "core-mug-8570d9a8d24cb0acbebd3c0c0c70fb03" / "coacd" / "decomposed.obj")
+
+
+def bench_predict(mesh: Path, scale: float, runs: int, busy: int = 0) -> float:
+    """Median wall seconds of the ``dgtr predict`` command (a fresh process: imports included) on one mesh, with
+    ``busy`` spinning processes beside it."""
+    import subprocess
+    import tempfile
+
+    spinners = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(busy)]
+    try:
+        times = []
+        for _ in range(runs):
+            with tempfile.TemporaryDirectory() as out:
+                t0 = time.perf_counter()
+                subprocess.run([sys.executable, "-m", "dgtr", "predict", "--mesh", str(mesh), "--scale", str(scale),
+                                "--out", out], check=True, stdout=subprocess.DEVNULL)
+                times.append(time.perf_counter() - t0)
+        return statistics.median(times)
+    finally:
+        for p in spinners:
+            p.kill()
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--runs", type=int, default=50)
@@ -176,6 +206,9 @@ def main() -> int:
     ap.add_argument("--train-batch", type=int, default=8)
     ap.add_argument("--train-steps", type=int, default=3)
     ap.add_argument("--skip-train", action="store_true")
+    ap.add_argument("--predict-mesh", type=Path, default=MUG)
+    ap.add_argument("--predict-scale", type=float, default=0.1)
+    ap.add_argument("--predict-runs", type=int, default=3, help="0: skip the dgtr predict rows")
     ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice)")
     args = ap.parse_args()
     if args.threads:
@@ -212,6 +245,14 @@ def main() -> int:
                 ops = bench_train(args.train_batch, args.train_steps, device, stage, reference)
                 rows.append((f"training, default config, batch {args.train_batch}, stage {stage}"
                              + (", plain reference forward" if reference else ""), f"{ops:.2f} objects/s"))
+    if args.predict_runs and args.device == "cpu":
+        if not args.predict_mesh.is_file():
+            print(f"bench_model: --predict-mesh {args.predict_mesh} not found: dgtr predict rows skipped")
+        else:
+            label = f"dgtr predict, {args.predict_mesh.parent.parent.name} x {args.predict_scale:g}, to all outputs"
+            rows.append((label, f"{bench_predict(args.predict_mesh, args.predict_scale, args.predict_runs):.2f} s"))
+            rows.append((label + ", 2 busy processes beside",
+                         f"{bench_predict(args.predict_mesh, args.predict_scale, args.predict_runs, busy=2):.2f} s"))
     load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
     print(f"dgtr model benchmark on {name} (torch {torch.__version__}); load average at the end: {load}")
     w = max(len(r[0]) for r in rows)

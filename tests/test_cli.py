@@ -99,3 +99,26 @@ def test_demo_checks_out_before_work(tmp_path, capsys):
     assert len(err.splitlines()) == 1 and "--out" in err and f.read_text() == "x"
     assert main(["demo", "--out", str(tmp_path / "d"), "--object", "nosuch", "--data", str(tmp_path)]) == 2
     assert "nosuch" in capsys.readouterr().err and not (tmp_path / "d").exists()
+
+
+def test_stdout_goes_quiet_when_the_reader_leaves():
+    """`dgtr predict ... | head`: the job keeps going (and writes its files) instead of dying on BrokenPipeError."""
+    import os
+
+    from dgtr.cli import _QuietWhenClosed
+
+    r, w = os.pipe()
+    os.close(r)
+    out = _QuietWhenClosed(os.fdopen(w, "w", buffering=1))
+    out.write("a line\n")          # EPIPE: swallowed, the fd now points at /dev/null
+    out.write("more\n")
+    out.flush()
+    out.close()
+
+
+def test_free_cores_is_a_thread_count():
+    import os
+
+    from dgtr.predict import free_cores
+    n = free_cores()
+    assert n is None or 1 <= n <= (os.cpu_count() or 1)

@@ -7,7 +7,7 @@ from dgtr.errors import InputError
 from dgtr.hand import get_hand
 from dgtr.metrics import penetration_depth
 from dgtr.rotations import matrix_from_axis_angle, quaternion_from_matrix
-from dgtr.tta import TTAConfig, adapt, tta_losses
+from dgtr.tta import Optimizer, TTAConfig, adapt, tta_losses
 
 
 def sphere_points(n=2048, r=0.04, seed=1) -> torch.Tensor:
@@ -128,3 +128,24 @@ def test_bad_input():
         adapt(hand, pts, R, t, q[:, :5])
     with pytest.raises(InputError, match="optimizer"):
         adapt(hand, pts, R, t, q, TTAConfig(optimizer="lbfgs"))
+
+
+@pytest.mark.parametrize("kind", ["adam", "sgd"])
+def test_optimizer_matches_torch_optim(kind):
+    """AB-TTA's own optimizer (no torch._dynamo import) takes torch.optim's steps, two groups, 20 steps."""
+    g = torch.Generator().manual_seed(0)
+    start = [torch.randn(5, 3, generator=g), torch.randn(7, generator=g), torch.randn(2, 2, generator=g)]
+    runs = []
+    for make in (lambda gr: Optimizer(gr, kind),
+                 lambda gr: (torch.optim.Adam if kind == "adam" else torch.optim.SGD)(gr)):
+        ps = [x.clone().requires_grad_(True) for x in start]
+        opt = make([{"params": ps[:2], "lr": 1e-2}, {"params": ps[2:], "lr": 3e-3}])
+        for it in range(20):
+            loss = sum(((p - 0.3) ** 4).sum() * (k + 1) for k, p in enumerate(ps)) + it * ps[1].sin().sum()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        runs.append([p.detach() for p in ps])
+    for a, b in zip(*runs):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
+    assert not torch.equal(runs[0][0], start[0])

@@ -10,7 +10,8 @@ from dgtr.data import GraspSet, load_grasps
 from dgtr.hand import get_hand
 from dgtr.objects import load_object
 from dgtr.predict import score_grasps
-from dgtr.view import grasp_colours, grasp_figure, grasp_scene_mjcf, hand_surface, png_figure, write_html
+from dgtr.view import (PNG_PX, grasp_colours, grasp_figure, grasp_scene_mjcf, hand_surface, png_panels, render,
+                       write_html, write_png)
 
 from test_train import make_dataset, place_grasps
 
@@ -64,22 +65,41 @@ def test_html_one_grasp_at_a_time_all_step_shared_object_and_small(data, tmp_pat
     assert (tmp_path / "plotly.min.js").stat().st_size > 1_000_000 and 'src="plotly.min.js"' in page.read_text()
 
 
-def test_png_one_view_per_grasp_in_order_with_titles(data):
+def test_png_one_view_per_grasp_in_order_with_titles(data, tmp_path):
     hand, obj = get_hand(), _box(data)
     g = place_grasps(0.5, 0.1, 5, seed=3)
     pts = obj.sample_points(2048)
     sc = score_grasps(hand, torch.as_tensor(pts), g.rotation, g.translation, g.joints)
-    fig = png_figure(g, hand, mesh=obj.mesh, points=pts, indices=[7, 2, 9, 0, 4])
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    FigureCanvasAgg(fig).draw()                       # projects the 3-D polygons
-    assert len(fig.axes) == 5
-    for ax, idx, pen, c in zip(fig.axes, [7, 2, 9, 0, 4], sc["penetration"], sc["contact_points"]):
-        title = ax.get_title()
+    panels = png_panels(g, hand, mesh=obj.mesh, points=pts, indices=[7, 2, 9, 0, 4])
+    assert len(panels) == 5
+    colours = grasp_colours(5)
+    for (img, title, _), idx, pen, c, colour in zip(panels, [7, 2, 9, 0, 4], sc["penetration"], sc["contact_points"],
+                                                     colours):
         assert title.startswith(f"#{idx} · pen {pen * 1e3:.1f} mm · {int(c)} contacts"), title
-        polys = ax.collections[0]
-        assert len(polys.get_paths()) > 2000        # hand + object surfaces as polygons
-    assert fig.get_size_inches()[0] == pytest.approx(4 * 2.7)   # 4 columns, 2 rows for 5
-    assert len({ax.get_position().y0 for ax in fig.axes}) == 2
+        assert img.shape == (PNG_PX, PNG_PX, 3) and img.min() >= 0 and img.max() <= 1
+        grey = np.abs(img - img.mean(-1, keepdims=True)).max(-1) < 1e-6   # the object (and the white background)
+        hue = np.array([int(colour[k:k + 2], 16) for k in (1, 3, 5)], dtype=float) / 255
+        tinted = np.abs(img / (img.sum(-1, keepdims=True) + 1e-9) - hue / hue.sum()).max(-1) < 0.02   # the hand
+        assert ((img < 0.95).all(-1) & grey).sum() > 2000 and tinted.sum() > 2000
+    write_png(tmp_path / "five.png", g, hand, mesh=obj.mesh, points=pts, title="box")
+    from PIL import Image
+    with Image.open(tmp_path / "five.png") as im:
+        assert im.size == (4 * PNG_PX, 34 + 2 * (20 + PNG_PX))    # 4 columns, 2 rows for 5
+
+
+def test_render_depth_order_and_frame():
+    """Nearer triangles hide farther ones whatever their order; the scene is fitted to the frame; points are dots."""
+    sq = lambda z: np.array([[[-1, -1, z], [1, -1, z], [1, 1, z]], [[-1, -1, z], [1, 1, z], [-1, 1, z]]], float)
+    small = sq(0.5) * [0.3, 0.3, 1]
+    tris = np.concatenate([small, sq(0.0)])               # seen from above (elev 90): the small square is nearer
+    cols = np.array([[1, 0, 0]] * 2 + [[0, 0, 1]] * 2, float)
+    for order in (slice(None), slice(None, None, -1)):
+        img = render(tris[order], cols[order], elev=90, azim=0, px=50, supersample=1)
+        assert np.allclose(img[25, 25], [1, 0, 0]) and np.allclose(img[2, 2], [0, 0, 1])
+    img = render(tris, cols, elev=-90, azim=0, px=50, supersample=1)   # from below the big one hides it
+    assert np.allclose(img[25, 25], [0, 0, 1])
+    dots = render(np.zeros((0, 3, 3)), np.zeros((0, 3)), 0, 0, px=40, points=np.array([[0, 0, 0.0], [0, 1, 1]]))
+    assert (dots < 1).any(-1).sum() >= 2 and np.allclose(dots[0, 0], 1)
 
 
 def test_view_cli_our_file_selection_and_scales(data, tmp_path, capsys):

@@ -28,6 +28,7 @@ import torch.nn as nn
 from ..errors import InputError
 from ..model import knn
 from ..rotations import matrix_from_axis_angle
+from ..tta import Optimizer
 from .common import contact_map, hand_points, mlp, perturb
 
 __all__ = ["ContactNetConfig", "ContactNet", "ContactRefineConfig", "contact_loss", "refine"]
@@ -150,7 +151,7 @@ def refine(net: ContactNet, hand, points: torch.Tensor, R, t, q, cfg: ContactRef
     omega = torch.zeros(K, 3, dtype=t0.dtype, device=t0.device, requires_grad=True)
     qp.requires_grad_(True)
     tp = t0.clone().requires_grad_(True) if cfg.translation else t0
-    opt = torch.optim.Adam([omega, qp] + ([tp] if cfg.translation else []), lr=cfg.lr)
+    opt = Optimizer([{"params": [omega, qp] + ([tp] if cfg.translation else []), "lr": cfg.lr}])
     was, history = net.training, []
     net.eval()
     for it in range(cfg.iterations):
