@@ -34,7 +34,7 @@ import torch
 
 from . import __version__
 from . import config as config_mod
-from .errors import DgtrError, InputError
+from .errors import DgtrError, FileFormatError, InputError
 from .files import write_text
 from .hand import PenetrationCache
 from .objects import PieceSDF
@@ -384,16 +384,30 @@ def _round_sizes(stats: dict, cfg: SynthConfig) -> dict[float, int]:
     return sizes
 
 
+def grasp_file(out: Path, code: str, cfg: SynthConfig) -> Path:
+    return out / ("grasps" if cfg.layout == "compact" else "dataset") / f"{code}.npy"
+
+
+def short_entries(record: dict, cfg: SynthConfig) -> list[str]:
+    """The scales of a finished object's record still short of ``grasps_per_scale``."""
+    return [s for s, v in record["per_scale"].items() if v["kept"] < cfg.grasps_per_scale]
+
+
 def synth_object(code: str, path: str, out: str, cfg: SynthConfig, device: str = "cpu",
-                 record_every: int = 0, progress=None) -> dict:
+                 record_every: int = 0, progress=None, top_up: int = 0) -> dict:
     """Synthesise and validate grasps of one object; write its grasp file, mesh and done marker.
 
     ``progress(fraction)``: called as the object's work advances (fraction of the work planned so far, in [0, 1);
     a later round adds work, so the fraction can step back). Returns the per-object record (also written to
-    ``<out>/done/<code>.json``)."""
+    ``<out>/done/<code>.json``).
+
+    ``top_up`` R > 0: the object is finished already; run up to R more rounds (new seeds) for its scales still
+    short of ``grasps_per_scale`` and append their grasps.  Grasps go to the file before the record is rewritten;
+    the record holds how many grasps and rounds are in, so a top-up killed in between drops the orphan grasps and
+    redoes the same (seeded) rounds."""
     import trimesh
 
-    from .data import GraspSet, save_grasps
+    from .data import GraspSet, load_grasps, save_grasps
     from .hand import get_hand
 
     t0, c0 = time.time(), time.process_time()
@@ -408,17 +422,28 @@ def synth_object(code: str, path: str, out: str, cfg: SynthConfig, device: str =
     stats = {f"{s:g}": dict(optimised=0, gates=0, kept=0) for s in cfg.scales}
     kept, history = [], []
     timing = {"optimise": 0.0, "validate": 0.0}
+    first, n_rounds, prior = 0, cfg.max_rounds, None
+    if top_up:
+        prior = json.loads((out / "done" / f"{code}.json").read_text())
+        stats = {k: dict(v) for k, v in prior["per_scale"].items()}
+        first, n_rounds = prior.get("rounds", cfg.max_rounds), top_up   # older records: max_rounds ran at most
+        old = load_grasps(grasp_file(out, code, cfg))
+        if len(old) < prior["kept"]:
+            raise FileFormatError(f"{grasp_file(out, code, cfg)}: {len(old)} grasps, its record says {prior['kept']}")
+        kept.append(old.subset(np.arange(prior["kept"])))   # beyond it: grasps of a top-up killed before its record
     work = {"planned": 0.0, "done": 0.0}  # in hands: annealing a hand counts 1, simulating it 1
 
     def advance(amount: float) -> None:
         work["done"] += amount
         if progress is not None:
             progress(min(work["done"] / max(work["planned"], 1e-9), 0.999))
-    for rnd in range(cfg.max_rounds):
+    rounds = first
+    for rnd in range(first, first + n_rounds):
         sizes = _round_sizes(stats, cfg)
         todo = list(sizes)
         if not todo:
             break
+        rounds = rnd + 1
         rseed = seed + 1000 * rnd
         s_np = np.repeat(np.asarray(todo, dtype=np.float64), list(sizes.values()))  # exact scales, for grouping
         scales = torch.as_tensor(s_np, dtype=hand.dtype, device=hand.device)
@@ -453,16 +478,16 @@ def synth_object(code: str, path: str, out: str, cfg: SynthConfig, device: str =
             kept.append(GraspSet.from_pose(res["R"][k], res["t"][k], res["q"][k], s_np[k], code, extra))
     grasps = GraspSet.concat(kept) if kept else GraspSet.from_pose(np.zeros((0, 3, 3)), np.zeros((0, 3)),
                                                                    np.zeros((0, 22)), np.zeros(0), code)
-    if compact:
-        save_grasps(out / "grasps" / f"{code}.npy", grasps, compact=True)
-    else:
-        save_grasps(out / "dataset" / f"{code}.npy", grasps)
+    save_grasps(grasp_file(out, code, cfg), grasps, compact=compact)
     n_opt = sum(v["optimised"] for v in stats.values())
+    before = prior or {}
     record = dict(code=code, source_path=str(path), n_pieces=len(obj.pieces), normalization=norm, seed=seed,
                   device=str(device), per_scale=stats, optimised=n_opt, kept=len(grasps),
-                  yield_=len(grasps) / max(n_opt, 1), seconds=round(time.time() - t0, 2),
-                  cpu_seconds=round(time.process_time() - c0, 2),
-                  seconds_optimise=round(timing["optimise"], 2), seconds_validate=round(timing["validate"], 2))
+                  yield_=len(grasps) / max(n_opt, 1), rounds=rounds,
+                  seconds=round(before.get("seconds", 0) + time.time() - t0, 2),
+                  cpu_seconds=round(before.get("cpu_seconds", 0) + time.process_time() - c0, 2),
+                  seconds_optimise=round(before.get("seconds_optimise", 0) + timing["optimise"], 2),
+                  seconds_validate=round(before.get("seconds_validate", 0) + timing["validate"], 2))
     write_text(out / "done" / f"{code}.json", json.dumps(record, indent=1))
     if record_every:
         record["history"] = history
@@ -582,6 +607,9 @@ def add_synth_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--grasps-per-scale", type=positive_int, help="wanted validated grasps per (object, scale)")
     p.add_argument("--scales", help="comma-separated object scales (default 0.06,0.08,0.10,0.12,0.15)")
     p.add_argument("--config", help="YAML config (default: dataclass defaults = configs/synth.yaml)")
+    p.add_argument("--top-up", type=positive_int, metavar="R",
+                   help="instead of new objects: up to R more rounds for every finished (object, scale) entry still "
+                        "short of grasps_per_scale, appended to its grasps (resumable)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. anneal.steps=800")
 
@@ -709,11 +737,20 @@ def run_synth(args) -> int:
     if cfg.layout == "compact":
         _fix_split(out, objects)
     write_manifest(out, cfg, args.source)  # records the config before any work: a resumed run is checked against it
-    todo = {c: p for c, p in objects.items() if not (out / "done" / f"{c}.json").is_file()}
+    top_up = args.top_up or 0
+    if top_up:   # finished objects with short entries whose top-up has rounds left
+        records = {c: json.loads((out / "done" / f"{c}.json").read_text()) for c in objects
+                   if (out / "done" / f"{c}.json").is_file()}
+        todo = {c: objects[c] for c, r in records.items() if short_entries(r, cfg)
+                and r.get("rounds", cfg.max_rounds) < cfg.max_rounds + top_up}
+        print(f"dgtr synth --top-up {top_up}: {len(records)} objects done, {len(todo)} with entries short of "
+              f"{cfg.grasps_per_scale} grasps and rounds left -> {out}", file=sys.stderr)
+    else:
+        todo = {c: p for c, p in objects.items() if not (out / "done" / f"{c}.json").is_file()}
+        print(f"dgtr synth: {len(objects)} objects, {len(objects) - len(todo)} already done, {len(todo)} to do -> "
+              f"{out}", file=sys.stderr)
     if cfg.layout == "compact":  # a dataset cut short at any point holds a random, category-mixed share
         todo = dict(sorted(todo.items(), key=lambda kv: zlib.crc32(kv[0].encode())))
-    print(f"dgtr synth: {len(objects)} objects, {len(objects) - len(todo)} already done, {len(todo)} to do -> {out}",
-          file=sys.stderr)
     failed = []
     bar = tqdm(total=len(todo), unit="obj", disable=args.quiet or not todo, file=sys.stderr,
                bar_format="{l_bar}{bar}| {n:.1f}/{total} obj [{elapsed}<{remaining}]")
@@ -741,7 +778,7 @@ def run_synth(args) -> int:
         if args.workers == 1:
             for code, path in todo.items():
                 report(code, lambda: synth_object(code, path, str(out), cfg, args.device,
-                                                  progress=lambda f, c=code: move(c, f)))
+                                                  progress=lambda f, c=code: move(c, f), top_up=top_up))
         else:
             import multiprocessing as mp
             from concurrent.futures import FIRST_COMPLETED, wait
@@ -750,7 +787,7 @@ def run_synth(args) -> int:
             queue = ctx.Queue()  # (code, fraction) progress reports from the workers (given to them at start-up)
             with ProcessPoolExecutor(args.workers, mp_context=ctx, initializer=_worker_init,
                                      initargs=(queue,)) as ex:
-                futs = {ex.submit(synth_object, c, p, str(out), cfg, args.device, 0, _QueueProgress(c)): c
+                futs = {ex.submit(synth_object, c, p, str(out), cfg, args.device, 0, _QueueProgress(c), top_up): c
                         for c, p in todo.items()}
                 pending = set(futs)
                 while pending:

@@ -269,3 +269,27 @@ def test_bad_numbers_are_refused(capsys):
         assert cli.main(["synth", "--source", "pybullet:named", "--out", "/tmp/x", *argv]) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and argv[0] in err[0], err
+
+
+def test_top_up_fills_short_entries_and_resumes(tmp_path):
+    """--top-up R: more rounds only for (object, scale) entries short of grasps_per_scale, appended; rerunning does
+    nothing; a top-up killed between its grasp file and its record redoes the same rounds (no duplicates)."""
+    out = tmp_path / "t"
+    assert _synth(out, "--grasps-per-scale", "3") == 0            # 2 hands per scale, every one kept: 2 < 3
+    done = out / "done" / "pb_cube.json"
+    first = json.loads(done.read_text())
+    assert first["kept"] == 4 and first["rounds"] == 1
+    g0 = load_grasps(out / "dataset" / "pb_cube.npy")
+    assert _synth(out, "--grasps-per-scale", "3", "--top-up", "1") == 0
+    after = json.loads(done.read_text())
+    g = load_grasps(out / "dataset" / "pb_cube.npy")
+    assert after["kept"] == len(g) == 8 and after["rounds"] == 2
+    assert {k: v["kept"] for k, v in after["per_scale"].items()} == {"0.08": 4, "0.12": 4}
+    assert after["cpu_seconds"] > first["cpu_seconds"]
+    assert torch.equal(g.subset(np.arange(4)).joints, g0.joints)        # appended after the grasps it had
+    assert _synth(out, "--grasps-per-scale", "3", "--top-up", "1") == 0   # no rounds left: unchanged
+    assert json.loads(done.read_text()) == after
+    done.write_text(json.dumps(first))                                   # killed after the grasps, before the record
+    assert _synth(out, "--grasps-per-scale", "3", "--top-up", "1") == 0
+    again = load_grasps(out / "dataset" / "pb_cube.npy")
+    assert len(again) == 8 and torch.equal(again.joints, g.joints)
