@@ -2,6 +2,7 @@
 
     python benchmarks/sim_recheck.py [--synth data/pybullet] [--split test] [--real ../shared/dexgraspnet]
                                      [--per-object 48] [--seeds 1 2] [--workers 2] [--out results/sim_recheck]
+    python benchmarks/sim_recheck.py --synth data/dexgraspnet --meshes ../shared/dexgraspnet_objects/meshdata ...
 
 `dgtr synth` keeps only grasps that pass `dgtr eval`'s all-six-directions test, so their pass rate under that exact
 test is 100 % by construction.  The test itself is deterministic (same grasp, same verdict), so "a different seed"
@@ -20,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from dgtr.data import GraspSet, load_grasps, read_splits, save_grasps
+from dgtr.data import GRASP_FOLDERS, GraspSet, load_grasps, read_splits, save_grasps
 from dgtr.evaluate import evaluate, select_evenly
 from dgtr.files import write_json
 from dgtr.hand import get_hand
@@ -50,23 +51,33 @@ def subset(src: Path, codes: list[str], per_object: int, dst: Path) -> None:
         save_grasps(dst / f"{c}.npy", gs.subset(select_evenly(len(gs), per_object)))
 
 
+def grasp_dir(root: Path) -> Path:
+    """The grasp folder of a dataset: dataset/ (DexGraspNet layout) or grasps/ (compact)."""
+    return next((root / f for f in GRASP_FOLDERS if (root / f).is_dir()), root / "dataset")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--synth", type=Path, default=Path("data/pybullet"))
     ap.add_argument("--split", default="test")
     ap.add_argument("--real", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "dexgraspnet")
+    ap.add_argument("--meshes", type=Path, help="meshes of --synth (default SYNTH/meshdata; a compact dataset's "
+                    "mesh folder, e.g. ../shared/dexgraspnet_objects/meshdata)")
     ap.add_argument("--per-object", type=int, default=48)
     ap.add_argument("--seeds", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--out", type=Path, default=Path("results/sim_recheck"))
     args = ap.parse_args()
-    sets = {"synthesized (" + args.split + " split)": (args.synth, read_splits(args.synth)[args.split])}
+    src = grasp_dir(args.synth)   # split objects without grasps yet (a dataset still being made) are left out
+    codes = [c for c in read_splits(args.synth)[args.split] if (src / f"{c}.npy").is_file()]
+    sets = {"synthesized (" + args.split + " split)": (src, args.meshes or args.synth / "meshdata", codes)}
     if (args.real / "dataset").is_dir():
-        sets["real DexGraspNet"] = (args.real, sorted(p.stem for p in (args.real / "dataset").glob("*.npy")))
+        sets["real DexGraspNet"] = (args.real / "dataset", args.real / "meshdata",
+                                    sorted(p.stem for p in (args.real / "dataset").glob("*.npy")))
     lines = [f"{'grasps':<28} {'condition':<34} {'n':>5} {'all6 %':>7} {'any %':>7}"]
-    for name, (root, codes) in sets.items():
+    for name, (grasps, meshes, codes) in sets.items():
         base = args.out / "grasps" / name.split()[0] / "base"
-        subset(root / "dataset", codes, args.per_object, base)
+        subset(grasps, codes, args.per_object, base)
         conds = [("as stored, dt 1/600 s", base, None), ("as stored, dt 1/1200 s", base, SimConfig(timestep=1 / 1200))]
         for seed in args.seeds:
             d = base.parent / f"seed{seed}"
@@ -75,7 +86,7 @@ def main() -> int:
                 save_grasps(d / f"{c}.npy", perturbed(load_grasps(base / f"{c}.npy"), seed))
             conds.append((f"perturbed, seed {seed}", d, None))
         for cond, folder, sim_cfg in conds:
-            rep = evaluate(folder, root / "meshdata", objects=codes, sim=True, workers=args.workers, sim_config=sim_cfg,
+            rep = evaluate(folder, meshes, objects=codes, sim=True, workers=args.workers, sim_config=sim_cfg,
                            progress=False)
             write_json(args.out / f"{name.split()[0]}_{cond.replace(' ', '_').replace('/', '')}.json", rep)
             o = rep["overall"]
