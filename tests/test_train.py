@@ -450,14 +450,18 @@ def test_default_checkpoint_config_still_loads():
 def test_seeded_run_losses_unchanged_by_the_speed_work(tmp_path):
     """Issue 15 item 3: the batched/threaded loss path trains like the per-layer one it replaced.  The numbers are the
     per-epoch training and validation losses of this seeded 4-epoch run (2 DMT, 1 SMW, 1 SMPT) at commit 0b456e9
-    (before the speed work); now they must agree within float noise."""
+    (before the speed work); now they must agree within float noise.  That noise grows with the epochs and differs
+    between machines: on a later machine (AMD EPYC, numpy 2.4.6, scipy 1.17.1) the commit that last passed here gave
+    the SMPT epoch's validation loss 1.8e-4 relative off (18.4537 vs 18.4570) and the first three epochs within
+    1.4e-5, so the SMPT epoch is compared at 1e-3; a change of what the losses compute moves them by far more."""
     before = [[30.379295349121094, 28.307241439819336], [24.615320205688477, 24.236648559570312],
               [22.64320468902588, 20.33318328857422], [38.56814384460449, 18.457012176513672]]
     data = make_dataset(tmp_path / "data")
     train(tiny_config(epochs_dmt=2, epochs_smw=1, epochs_smpt=1), data, tmp_path / "run")
     hist = json.loads((tmp_path / "run" / "summary.json").read_text())["epochs"]
     now = [[e["train"]["loss"], e["val"]["val_loss"]] for e in hist]
-    np.testing.assert_allclose(now, before, rtol=1e-4)
+    np.testing.assert_allclose(now[:3], before[:3], rtol=1e-4)
+    np.testing.assert_allclose(now[3], before[3], rtol=1e-3)
 
 
 # --------------------------------------------------------------------------- augmentation, clouds, meshes, resume
