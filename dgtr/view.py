@@ -277,13 +277,28 @@ def png_panels(grasps, hand, mesh=None, points=None, indices=None, px: int = PNG
     return out
 
 
+def _font(size: int):
+    """DejaVu Sans (shipped with matplotlib, a dependency; it has the × and · of the titles, which Pillow's built-in
+    font lacks), else Pillow's built-in font."""
+    import importlib.util
+
+    from PIL import ImageFont
+
+    spec = importlib.util.find_spec("matplotlib")   # its path only: importing matplotlib costs ~0.3 s
+    ttf = Path(spec.origin).parent / "mpl-data" / "fonts" / "ttf" / "DejaVuSans.ttf" if spec and spec.origin else None
+    try:
+        return ImageFont.truetype(str(ttf), size)
+    except (OSError, TypeError):
+        return ImageFont.load_default(size=size)
+
+
 def write_png(path, grasps, hand, mesh=None, points=None, title: str = "", indices=None, cols: int = 4) -> None:
     """Every grasp its own small view (hand surface + object), in order, titled with index, penetration, contacts.
 
     grasps: GraspSet (its ``extra`` gives the titles; computed on ``points`` when missing); mesh: trimesh of the object
     in the grasps' frame (else ``points`` (P, 3) are drawn); indices: the numbers shown (default 0..n-1).  Composed
     with Pillow (matplotlib took ~1 s to lay out and save 16 images)."""
-    from PIL import Image, ImageDraw, ImageFont
+    from PIL import Image, ImageDraw
 
     from .files import atomic_path
 
@@ -293,7 +308,7 @@ def write_png(path, grasps, hand, mesh=None, points=None, title: str = "", indic
     head, strip = (34 if title else 4), 20                 # pixels: the figure's title, each view's title
     canvas = Image.new("RGB", (cols * PNG_PX, head + rows * (strip + PNG_PX)), "white")
     draw = ImageDraw.Draw(canvas)
-    font, big = ImageFont.load_default(size=12), ImageFont.load_default(size=15)
+    font, big = _font(12), _font(15)
     if title:
         draw.text((canvas.width / 2, head / 2), title, fill="black", font=big, anchor="mm")
     for k, (img, label, flagged) in enumerate(panels):
