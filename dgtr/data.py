@@ -285,15 +285,23 @@ class GraspDataset(torch.utils.data.Dataset):
     """
 
     def __init__(self, root, split: str = "train", n_points: int = 4096, min_grasps: int = 1, seed: int = 0,
-                 codes: list[str] | None = None, meshes=None, n_clouds: int = 1, cache=None, progress: bool = False):
+                 codes: list[str] | None = None, meshes=None, n_clouds: int = 1, cache=None, progress: bool = False,
+                 missing_meshes: str | None = None):
         from .objects import load_object
 
         if n_clouds < 1:
             raise InputError(f"n_clouds: need >= 1, got {n_clouds}")
         self.root = Path(root)
         meshes = Path(meshes) if meshes is not None else self.root / "meshdata"
-        if not meshes.is_dir():
-            raise MissingFileError(f"mesh folder not found: {meshes} (give the objects' meshdata folder)")
+        # the meshes are read only for clouds the cache lacks: a run whose clouds are all cached needs none (a GPU
+        # machine that has the repository and the cache but not the mesh folder)
+        missing_meshes = missing_meshes or f"mesh folder not found: {meshes} (give the objects' meshdata folder)"
+
+        def load(code):
+            if not meshes.is_dir():
+                raise MissingFileError(missing_meshes + (f"; the cloud of {code!r} is not in the cloud cache {cache}"
+                                                         if cache is not None else ""))
+            return load_object(mesh_path(meshes, code), code=code)
         files = list_grasp_files(grasp_folder(self.root))
         if codes is None:
             splits = read_splits(self.root)
@@ -318,8 +326,7 @@ class GraspDataset(torch.utils.data.Dataset):
                 if len(gs) >= min_grasps:
                     self.entries.append((code, s, gs))
             if len(self.entries) > before:
-                self.clouds[code] = self._clouds(cache, code, lambda: load_object(mesh_path(meshes, code), code=code),
-                                                 n_points)
+                self.clouds[code] = self._clouds(cache, code, lambda: load(code), n_points)
                 if progress and len(self.clouds) % 100 == 0:
                     import sys
                     print(f"dgtr: {split} clouds of {len(self.clouds)} objects ready", file=sys.stderr, flush=True)

@@ -362,19 +362,19 @@ def _datasets(cfg: TrainConfig, root: Path, meshes=None, cache=None, progress: b
     except MissingFileError:
         raise MissingFileError(f"--data {root}: no grasp files (expected dataset/<code>.npy (DexGraspNet layout) or "
                                "grasps/<code>.npy (compact layout))") from None
+    # checked when a cloud has to be sampled (GraspDataset): with every cloud in the cache no meshes are needed
     if meshes is not None:
         meshes = Path(meshes)
-        if not meshes.is_dir():
-            raise MissingFileError(f"--meshes: folder not found: {meshes}")
-    elif not (root / "meshdata").is_dir():
-        raise MissingFileError(f"--data {root}: no meshdata/ folder beside the grasps: give the object meshes with "
-                               f"--meshes DIR{_manifest_hint(root)}")
+        missing = f"--meshes: folder not found: {meshes}"
+    else:
+        missing = (f"--data {root}: no meshdata/ folder beside the grasps: give the object meshes with --meshes DIR"
+                   f"{_manifest_hint(root)}")
     splits = read_splits(root)
     s = cfg.train
     if not splits.get("train"):
         raise InputError(f"--data {root}: the train split is empty")
     kw = dict(n_points=cfg.model.n_points, min_grasps=s.min_grasps, seed=s.seed, meshes=meshes, cache=cache,
-              progress=progress)
+              progress=progress, missing_meshes=missing)
     train_ds = GraspDataset(root, "train", n_clouds=s.n_clouds, **kw)
     if len(train_ds) == 0:
         raise InputError(f"--data {root}: no train entry has >= {s.min_grasps} grasps (train.min_grasps)")

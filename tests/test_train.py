@@ -577,3 +577,7 @@ def test_meshes_folder_and_compact_layout(tmp_path, capsys):
     assert len(err) == 1 and "--meshes: folder not found" in err[0]
     assert cli_main(args + ["--out", str(tmp_path / "r3"), "--meshes", str(src / "meshdata")]) == 0
     assert json.loads((tmp_path / "r3" / "summary.json").read_text())["train_entries"] == 2
+    # every cloud in the cache: no meshes needed (a GPU machine with the repository and the cache only)
+    assert cli_main(args + ["--out", str(tmp_path / "r4"), "--meshes", str(tmp_path / "nope"),
+                            "--cloud-cache", str(tmp_path / "r3" / "clouds")]) == 0
+    assert json.loads((tmp_path / "r4" / "summary.json").read_text())["train_entries"] == 2
