@@ -493,7 +493,8 @@ def run_predict(args) -> int:
 
     threads = args.threads
     if threads is None:
-        threads = free_cores()  # beside busy cores an OpenMP thread only waits (measured: 11.7 s -> 7.6 s per mug)
+        # beside busy cores an OpenMP thread only waits (a mug beside 2 busy processes: 1 thread 13.3 s, 2: 22-26 s)
+        threads = free_cores()
     if threads is not None:
         torch.set_num_threads(threads)
     scales, unit = args.scale or [1.0], UNITS[args.units]
