@@ -208,12 +208,12 @@ def render(tris: np.ndarray, colours: np.ndarray, elev: float, azim: float, px: 
     row = np.repeat(r0 - np.cumsum(nrow) + nrow, nrow) + np.arange(len(t))
     yc = row + 0.5
     lo_x, hi_x = np.full(len(t), np.inf), np.full(len(t), -np.inf)
-    for e in range(3):                                       # where each edge crosses the row's centre line
-        ax_, ay = tp[:, e, 0][t], tp[:, e, 1][t]
-        bx, by = tp[:, (e + 1) % 3, 0][t], tp[:, (e + 1) % 3, 1][t]
+    for k in range(3):                                       # where each edge crosses the row's centre line
+        ax, ay = tp[:, k, 0][t], tp[:, k, 1][t]
+        bx, by = tp[:, (k + 1) % 3, 0][t], tp[:, (k + 1) % 3, 1][t]
         dy = by - ay
         ok = ((yc - ay) * (yc - by) <= 0) & (dy != 0)
-        xe = ax_ + (yc - ay) * (bx - ax_) / np.where(dy == 0, 1.0, dy)
+        xe = ax + (yc - ay) * (bx - ax) / np.where(dy == 0, 1.0, dy)
         lo_x, hi_x = np.where(ok, np.minimum(lo_x, xe), lo_x), np.where(ok, np.maximum(hi_x, xe), hi_x)
     c0 = np.clip(np.ceil(lo_x - 0.5), 0, W).astype(np.int64)
     c1 = np.clip(np.floor(hi_x - 0.5), -1, W - 1).astype(np.int64)
