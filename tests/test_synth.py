@@ -233,6 +233,8 @@ def test_compact_layout(tmp_path, capsys):
     assert run("can", "normalize=false") == 0  # resume: split unchanged
     assert (out / "splits.json").read_text() == before
     assert run("ball", "normalize=false") == 2  # not in the fixed split
+    assert run("box", "normalize=false", "--top-up", "1") == 0   # compact files are topped up in place
+    assert np.load(out / "grasps" / "box.npy").shape == (8, 29)
     assert "ball" in capsys.readouterr().err
     # the grasps refer to the source mesh as loaded by dgtr (the frame train and eval use)
     from dgtr.data import GraspDataset
