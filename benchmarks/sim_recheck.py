@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from dgtr.data import GRASP_FOLDERS, GraspSet, load_grasps, read_splits, save_grasps
+from dgtr.data import GraspSet, grasp_folder, load_grasps, read_splits, save_grasps
 from dgtr.evaluate import evaluate, select_evenly
 from dgtr.files import write_json
 from dgtr.hand import get_hand
@@ -51,11 +51,6 @@ def subset(src: Path, codes: list[str], per_object: int, dst: Path) -> None:
         save_grasps(dst / f"{c}.npy", gs.subset(select_evenly(len(gs), per_object)))
 
 
-def grasp_dir(root: Path) -> Path:
-    """The grasp folder of a dataset: dataset/ (DexGraspNet layout) or grasps/ (compact)."""
-    return next((root / f for f in GRASP_FOLDERS if (root / f).is_dir()), root / "dataset")
-
-
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--synth", type=Path, default=Path("data/pybullet"))
@@ -68,7 +63,7 @@ def main() -> int:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--out", type=Path, default=Path("results/sim_recheck"))
     args = ap.parse_args()
-    src = grasp_dir(args.synth)   # split objects without grasps yet (a dataset still being made) are left out
+    src = grasp_folder(args.synth)   # split objects without grasps yet (a dataset still being made) are left out
     codes = [c for c in read_splits(args.synth)[args.split] if (src / f"{c}.npy").is_file()]
     sets = {"synthesized (" + args.split + " split)": (src, args.meshes or args.synth / "meshdata", codes)}
     if (args.real / "dataset").is_dir():
