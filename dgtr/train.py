@@ -95,6 +95,8 @@ class TrainSettings:
     keep_epoch_checkpoints: bool = False
     deterministic: bool = True    # deterministic CUDA kernels (CPU kernels are); needed for bit-exact resume
     progress: bool = True         # tqdm bars (rank 0)
+    init: str = ""                # checkpoint (training or exported) whose weights start a new run: fine-tuning on
+    #                               more or other data, or training across sessions; the optimiser starts afresh
 
 
 @dataclass
@@ -637,6 +639,7 @@ def train(cfg: TrainConfig, data, out, resume: bool = False, device: str = "cpu"
                              "start a new --out")
     elif ckpt_path.exists():
         raise InputError(f"{out} already holds a run (checkpoint.pt): continue it with --resume or choose another --out")
+    init = read_checkpoint(cfg.train.init) if cfg.train.init and not resume else None  # before any work
     if int(os.environ.get("RANK", "0")) == 0:  # rank 0 writes every file
         check_out_dir(out, "--out")
     d, dev = _setup(device)
@@ -685,6 +688,11 @@ def train(cfg: TrainConfig, data, out, resume: bool = False, device: str = "cpu"
             print(f"dgtr train: resuming {ckpt_path} after epoch {start_epoch} (optimiser step {step}) at {where}",
                   file=sys.stderr, flush=True)
     else:
+        if init is not None:
+            load_weights(model, init["model"], f"train.init {s.init}")
+            if d.main:
+                print(f"dgtr train: starting from the weights of {s.init} (epoch {init.get('epoch', '?')} of its run)",
+                      file=sys.stderr, flush=True)
         torch.manual_seed(s.seed + d.rank)  # same init on every rank (above); own dropout stream per rank from here
 
     if d.world > 1:

@@ -406,6 +406,34 @@ def test_resume_says_where_and_accepts_bookkeeping_changes(dataset, tmp_path, ca
     assert read_checkpoint(tmp_path / "run" / "checkpoint.pt")["epoch"] == 2
 
 
+def test_init_starts_a_new_run_from_given_weights(dataset, tmp_path):
+    """train.init: a new run starts from another run's (or an exported checkpoint's) weights, with a fresh optimiser;
+    a missing file or weights of another model shape are refused in one line before any work."""
+    from dgtr.train import export_checkpoint
+
+    first = tiny_config(epochs_dmt=1, epochs_smw=0, epochs_smpt=0, val_every=0)
+    train(first, dataset, tmp_path / "a")
+    export_checkpoint(tmp_path / "a" / "checkpoint.pt", tmp_path / "a.pt")
+    cfg = tiny_config(epochs_dmt=0, epochs_smw=0, epochs_smpt=1, val_every=0, lr=1e-12, lr_min=1e-12)
+    cfg.train.init = str(tmp_path / "a.pt")
+    model = train(cfg, dataset, tmp_path / "b")
+    start = weights(read_checkpoint(tmp_path / "a" / "checkpoint.pt")["model"])
+    for k, v in model.named_parameters():  # lr ~0: the weights are still the first run's, not a fresh init
+        assert torch.allclose(v.detach(), start[k], atol=1e-6), k
+    ck = read_checkpoint(tmp_path / "b" / "checkpoint.pt")
+    assert ck["epoch"] == 1 and ck["config"]["train"]["init"] == str(tmp_path / "a.pt")
+
+    cfg.train.init = str(tmp_path / "missing.pt")
+    with pytest.raises(MissingFileError, match="missing.pt"):
+        train(cfg, dataset, tmp_path / "c")
+    assert not (tmp_path / "c").exists()
+    other = tiny_config(epochs_dmt=0, epochs_smw=0, epochs_smpt=1, val_every=0)
+    other.model.d_model = 32
+    other.train.init = str(tmp_path / "a.pt")
+    with pytest.raises(FileFormatError, match="train.init .*do not fit"):
+        train(other, dataset, tmp_path / "d")
+
+
 def test_n_points_is_one_setting(dataset, tmp_path):
     """model.n_points sizes the training clouds; the old train.n_points (YAML, overrides, checkpoints) maps onto it,
     and one source giving both with different values is refused."""
