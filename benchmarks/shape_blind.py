@@ -2,9 +2,10 @@
 
     python benchmarks/shape_blind.py [--checkpoint default] [--spec benchmarks/results.yaml] [--suite test]
                                      [--out results/shape_blind] [--workers 2] [--no-sim] [--limit N]
+                                     [--object-from RESULTS_ROW_DIR]
 
-Two rows on the same objects and scales (those of the suite's ground truth, as ``benchmarks/results.py``), both with
-the checkpoint's shipped AB-TTA on the real object:
+Two rows on the same objects and scales (the suite's, as ``benchmarks/results.py`` predicts them), both with the
+checkpoint's shipped AB-TTA on the real object:
 - **real**: the network sees the object's cloud (what ``dgtr predict`` does);
 - **sphere**: the network sees a sphere instead, centred where the object's cloud is centred (the network frame's
   origin), its radius the mean distance of the object's points from that centre, with as many points, evenly spread
@@ -29,13 +30,13 @@ import torch
 import yaml
 
 import dgtr
-from dgtr.data import GraspSet, load_grasps, mesh_path, save_grasps
+from dgtr.data import GraspSet, mesh_path, save_grasps
 from dgtr.evaluate import evaluate
 from dgtr.files import write_json, write_text
 from dgtr.objects import load_object
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from results import suite_objects, table  # noqa: E402
+from results import object_scales, suite_objects, suite_scales, table  # noqa: E402
 
 
 def sphere_like(points: torch.Tensor) -> torch.Tensor:
@@ -53,24 +54,46 @@ def sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+def results_row(folder: Path, ckpt_sha: str, tta: dict, codes: list[str], scales, sim: bool) -> dict | None:
+    """The report of a ``benchmarks/results.py`` row folder that predicted what the *object* row would (same
+    checkpoint, AB-TTA config, objects, scales, simulation; all 16 grasps), else None."""
+    try:
+        report = json.loads((folder / "metrics.json").read_text())
+    except (OSError, ValueError):
+        return None
+    row = report.get("row", {})
+    prov = row.get("provenance", {})
+    same = (prov.get("checkpoint_sha256") == ckpt_sha and prov.get("tta") and prov.get("top_k") is None
+            and prov.get("tta_config") == json.loads(json.dumps(tta)) and row.get("objects") == codes
+            and row.get("sim") == sim and row.get("scales") == (None if scales is None else list(scales)))
+    return report if same else None
+
+
 def run(kind: str, predictor, ckpt_sha: str, suite: dict, args) -> dict:
     out = Path(args.out) / args.suite / kind
+    grasps, meshes, codes = suite_objects(suite, Path.cwd())
+    codes = codes[:args.limit] if args.limit else codes
+    scales = suite_scales(suite, grasps)
     key = {"kind": kind, "checkpoint_sha256": ckpt_sha, "tta": dataclasses.asdict(predictor.tta_config), "sim": args.sim,
-           "suite": suite, "limit": args.limit}
+           "suite": suite, "limit": args.limit, "scales": scales}
     report_path = out / "metrics.json"
     if report_path.exists():
         old = json.loads(report_path.read_text())
         if old.get("row") and {k: old["row"].get(k) for k in key} == key:
             return old
-    grasps, meshes, codes = suite_objects(suite, Path.cwd())
-    codes = codes[:args.limit] if args.limit else codes
+    if kind == "object" and args.object_from:
+        report = results_row(Path(args.object_from), ckpt_sha, key["tta"], codes, scales, args.sim)
+        if report is None:
+            raise SystemExit(f"--object-from {args.object_from}: not a finished results.py row of this checkpoint, "
+                             "AB-TTA setting, objects, scales and --sim")
+        print(f"[{args.suite}] object: the results.py row {args.object_from}", flush=True)
+        return report
     print(f"[{args.suite}] {kind}: {len(codes)} objects", flush=True)
     times = []
     for code in codes:
-        scales = sorted({round(float(s), 6) for s in load_grasps(grasps / f"{code}.npy").scale})
         base = load_object(mesh_path(meshes, code), code=code)
         sets = []
-        for s in scales:
+        for s in object_scales(code, grasps, scales):
             inp = predictor.to_network(base, s, code)
             seen = sphere_like(inp.points) if kind == "sphere" else None
             t0 = time.perf_counter()
@@ -92,6 +115,8 @@ def main() -> int:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--limit", type=int, default=None, help="only the first N objects of the suite (a smoke run)")
     ap.add_argument("--sim", action=argparse.BooleanOptionalAction, default=True)
+    ap.add_argument("--object-from", help="a benchmarks/results.py row folder (<out>/<suite>/<row>) of the same "
+                                          "checkpoint and AB-TTA: its report is the object row (not predicted again)")
     args = ap.parse_args()
     torch.set_num_threads(1)
     suites = yaml.safe_load(Path(args.spec).read_text())["suites"]
