@@ -14,7 +14,8 @@ Rows (median wall times; threads: torch's default, or OMP_NUM_THREADS / --thread
   (benchmarks/reference_tta.py);
 - training: objects/s of full optimiser steps (forward, matching, losses of the stage, backward, Adam) with the
   default config on a synthetic batch of ``--train-batch`` objects × 16 ground-truth grasps, DMT and SMPT stages,
-  with the plain reference forward and with the package's;
+  with the plain reference forward, the package's, and the package's with ``train.compile`` (torch.compile of the
+  encoder's training path);
 - ``dgtr predict``: the command, start to all outputs (grasps, PNG, HTML), one object at one scale
   (``--predict-mesh``, default the DexGraspNet mug of ../shared/dexgraspnet at scale 0.1), median of
   ``--predict-runs`` runs as it comes and while two other processes keep both cores busy (plain Python loops at
@@ -146,11 +147,14 @@ def bench_tta(obj: ObjectModel, pts: torch.Tensor, runs: int, device, cfg: TTACo
     return median_ms_alternating(fns, runs, device, warmup=1)
 
 
-def bench_train(batch: int, steps: int, device, stage: str, reference: bool = False) -> float:
-    """Objects per second of full training steps with the default config (the plain forward when ``reference``)."""
+def bench_train(batch: int, steps: int, device, stage: str, reference: bool = False, compiled: bool = False) -> float:
+    """Objects per second of full training steps with the default config (the plain forward when ``reference``;
+    ``compiled``: ``train.compile``, its compilation in the untimed warm-up step)."""
     cfg = TrainConfig()
     hand = get_hand(device)
     model = build_model(cfg.model, hand.joint_lower.cpu(), hand.joint_upper.cpu()).to(device).train()
+    if compiled and not model.compile_encoder():
+        return float("nan")
     crit = SetCriterion(cfg.loss, hand, t_range=cfg.model.t_range).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
     obj = test_object()
@@ -241,10 +245,11 @@ def main() -> int:
         rows.append((label, f"{fast:.0f} ms"))
     if not args.skip_train:
         for stage in ("dmt", "smpt"):
-            for reference in (True, False):
-                ops = bench_train(args.train_batch, args.train_steps, device, stage, reference)
+            for how in ("plain reference forward", "", "train.compile"):
+                ops = bench_train(args.train_batch, args.train_steps, device, stage, how.startswith("plain"),
+                                  how == "train.compile")
                 rows.append((f"training, default config, batch {args.train_batch}, stage {stage}"
-                             + (", plain reference forward" if reference else ""), f"{ops:.2f} objects/s"))
+                             + (f", {how}" if how else ""), f"{ops:.2f} objects/s"))
     if args.predict_runs and args.device == "cpu":
         if not args.predict_mesh.is_file():
             print(f"bench_model: --predict-mesh {args.predict_mesh} not found: dgtr predict rows skipped")

@@ -4,7 +4,8 @@
                                  [--suites test,real] [--rows "DGTR + AB-TTA,..."]
 
 The spec (YAML) names the suites (a DexGraspNet-layout grasp folder, its meshes, optionally a split and the scales)
-and the rows (ground truth, or a checkpoint with AB-TTA on/off, top-k and ``overrides``: ``dgtr predict``'s
+and the rows (ground truth; ``top_k_of: <row>`` with ``top_k``: DGTR* as the best k of that row's own grasps, run
+after it; or a checkpoint with AB-TTA on/off, top-k and ``overrides``: ``dgtr predict``'s
 ``key=value`` list, e.g. ``sample.passes=4`` for a comparison method; benchmarks/methods.yaml holds Tables 1 and 2).  Each prediction row predicts every
 (object, scale) entry of its suite: every object of the split (or every grasp file) at every scale of the suite
 (``scales:``, else the dataset's ``manifest.json`` scales, else the scales its ground truth holds), with or without
@@ -135,13 +136,36 @@ def predict_row(row: dict, predictor, grasps: Path, meshes: Path, codes: list[st
     return times
 
 
+def top_k_of(src: Path, codes: list[str], k: int, out: Path) -> None:
+    """DGTR* from another row's grasps: per (object, scale) entry the ``k`` best of ``src``'s by the rule of
+    ``Predictor.predict(top_k=...)`` (most contact points, then least penetration), read from the scores its files
+    carry; written to ``out``."""
+    for code in codes:
+        g = load_grasps(src / f"{code}.npy")
+        keep = []
+        for s in np.unique(g.scale):
+            idx = np.flatnonzero(g.scale == s)
+            order = np.lexsort((g.extra["penetration"][idx], -g.extra["contact_points"][idx]))
+            keep.append(idx[order[:k]])
+        save_grasps(out / f"{code}.npy", g.subset(np.concatenate(keep)))
+
+
 def run_row(row: dict, suite_name: str, suite: dict, args, root: Path) -> dict:
     out = Path(args.out) / suite_name / slug(row["name"])
     report_path = out / "metrics.json"
     grasps, meshes, codes = suite_objects(suite, root)
     scales = suite_scales(suite, grasps)
     predictor = None
-    if row.get("checkpoint"):
+    if row.get("top_k_of"):  # the top k of another row's grasps: that row's record stands for how they were made
+        src = Path(args.out) / suite_name / slug(row["top_k_of"])
+        try:
+            src_row = json.loads((src / "metrics.json").read_text())["row"]
+        except (OSError, ValueError, KeyError):
+            raise SystemExit(f"row {row['name']!r}: run the row {row['top_k_of']!r} of suite {suite_name} first "
+                             f"({src / 'metrics.json'} not found)") from None
+        prov = dict(src_row["provenance"], top_k=int(row["top_k"]), top_k_of=row["top_k_of"],
+                    top_k_of_report=sha256_file(src / "metrics.json"))   # a redone source row is a new row
+    elif row.get("checkpoint"):
         predictor, prov = load_predictor(row, root)
     else:  # the ground truth: a regenerated dataset is a new row
         files = [grasps / f"{c}.npy" for c in codes if (grasps / f"{c}.npy").is_file()]
@@ -160,7 +184,12 @@ def run_row(row: dict, suite_name: str, suite: dict, args, root: Path) -> dict:
     print(f"[{suite_name}] {row['name']}: {len(codes)} objects", flush=True)
     t0 = time.time()
     times = []
-    if predictor is not None:
+    if row.get("top_k_of"):
+        out.mkdir(parents=True, exist_ok=True)
+        write_json(out / PROVENANCE_FILE, prov)
+        top_k_of(src, codes, int(row["top_k"]), out)
+        grasp_dir, objects = out, codes
+    elif predictor is not None:
         out.mkdir(parents=True, exist_ok=True)
         for f in out.glob("*.npy"):  # predictions of a former run (e.g. an object no longer in the split)
             f.unlink()
@@ -171,6 +200,8 @@ def run_row(row: dict, suite_name: str, suite: dict, args, root: Path) -> dict:
         grasp_dir, objects = grasps, [c for c in codes if (grasps / f"{c}.npy").is_file()]
     report = evaluate(grasp_dir, meshes, objects=objects, sim=args.sim, workers=args.workers, progress=False,
                       provenance=prov)
+    if row.get("top_k_of"):  # the grasps are the source row's: so is their time
+        times = [src_row["time_ms"] / 1e3] if src_row.get("time_ms") is not None else []
     report["row"] = dict(record, wall_s=round(time.time() - t0, 1),
                          time_ms=round(1e3 * statistics.median(times), 1) if times else None)
     write_json(report_path, report)

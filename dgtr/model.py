@@ -180,6 +180,20 @@ class SetAbstraction(nn.Module):
             self.norms.append(nn.BatchNorm1d(w))
             c = w
 
+    compiled = None  # ``DGTR.compile_encoder``: ``grouped`` compiled by torch.compile (training only)
+
+    def grouped(self, x: torch.Tensor, nbr: torch.Tensor, centres: torch.Tensor) -> torch.Tensor:
+        """Training path: point features x (B, P, C), neighbour indices nbr (B, S, k), centres (B, S, 3) →
+        (B, S, C_out), every BatchNorm on the batch statistics of all B·S·k grouped rows."""
+        W = self.linears[0].weight
+        # + of the negated centre term: a - b would negate the whole (B·S·k, C1) gradient in backward
+        h = (_gather(x @ W.T, nbr) + (centres @ -W[:, :3].T)[:, :, None]).flatten(0, 2)  # (B·S·k, C1)
+        for i, (lin, bn) in enumerate(zip(self.linears, self.norms)):
+            h = F.relu(bn(lin(h) if i else h))
+        # max() rather than amax(): same values, and its backward scatters through the argmax (amax's
+        # tie-splitting backward was ~13 % of a CPU training step)
+        return h.unflatten(0, nbr.shape).max(2).values
+
     def _folded(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """Eval mode: (W', b') per layer with bn(lin(x)) = x W'ᵀ + b'."""
         out = []
@@ -193,14 +207,7 @@ class SetAbstraction(nn.Module):
         nbr = knn(centres, xyz, self.k)                                       # (B, S, k)
         x = xyz if feats is None else torch.cat([xyz, feats], -1)            # (B, P, 3 + C)
         if self.training:  # batch statistics: each BatchNorm sees all B·S·k grouped rows, as written
-            W = self.linears[0].weight
-            # + of the negated centre term: a - b would negate the whole (B·S·k, C1) gradient in backward
-            h = (_gather(x @ W.T, nbr) + (centres @ -W[:, :3].T)[:, :, None]).flatten(0, 2)  # (B·S·k, C1)
-            for i, (lin, bn) in enumerate(zip(self.linears, self.norms)):
-                h = F.relu(bn(lin(h) if i else h))
-            # max() rather than amax(): same values, and its backward scatters through the argmax (amax's
-            # tie-splitting backward was ~13 % of a CPU training step)
-            return h.unflatten(0, nbr.shape).max(2).values
+            return (self.compiled or self.grouped)(x, nbr, centres)
         layers = self._folded()
         W, b = layers[0]
         y, yc = x @ W.T, centres @ W[:, :3].T - b                             # layer 1 per point, its centre term
@@ -292,6 +299,21 @@ class DGTR(nn.Module):
         hh = cfg.head_hidden
         head = lambda n: nn.Sequential(nn.Linear(d, hh), nn.ReLU(inplace=True), nn.Linear(hh, n))
         self.joint_head, self.trans_head, self.rot_head = head(J), head(3), head(4)
+
+    def compile_encoder(self) -> bool:
+        """Compile each set abstraction's training path (``SetAbstraction.grouped``: Linear, BatchNorm, ReLU and the
+        max over the grouped rows) with torch.compile, which fuses the memory-bound steps between the matrix
+        multiplies.  Same values within float rounding; the first training step of each batch shape pays the
+        compilation (~30 s on a CPU).  Needs a C++ compiler on a CPU: without one it warns and returns False."""
+        import shutil
+        import warnings
+
+        if self.joint_lower.device.type == "cpu" and not (shutil.which("c++") or shutil.which("g++")):
+            warnings.warn("train.compile: no C++ compiler found (torch.compile needs one on a CPU); training uncompiled")
+            return False
+        for sa in self.encoder:
+            sa.compiled = torch.compile(sa.grouped)
+        return True
 
     @property
     def n_joints(self) -> int:

@@ -95,6 +95,8 @@ class TrainSettings:
     keep_epoch_checkpoints: bool = False
     deterministic: bool = True    # deterministic CUDA kernels (CPU kernels are); needed for bit-exact resume
     progress: bool = True         # tqdm bars (rank 0)
+    compile: bool = False         # torch.compile the encoder's training path (DGTR.compile_encoder; needs a C++
+    #                               compiler on a CPU; the same values within float rounding)
     init: str = ""                # checkpoint (training or exported) whose weights start a new run: fine-tuning on
     #                               more or other data, or training across sessions; the optimiser starts afresh
 
@@ -175,7 +177,7 @@ def config_from_checkpoint(ck: dict, path="checkpoint") -> TrainConfig:
 
 
 # keys a resumed run may change: they cannot change the weights it ends with
-RESUME_FREE = ("train.progress", "train.num_workers", "train.log_every")
+RESUME_FREE = ("train.progress", "train.num_workers", "train.log_every", "train.compile")
 
 
 def _flat(d: dict, prefix: str = "") -> dict:
@@ -699,6 +701,8 @@ def train(cfg: TrainConfig, data, out, resume: bool = False, device: str = "cpu"
         model = torch.nn.parallel.DistributedDataParallel(global_batchnorm(model),
                                                           device_ids=[dev.index] if dev.type == "cuda" else None)
     core = model.module if d.world > 1 else model
+    if s.compile:
+        core.compile_encoder()
 
     writer = None
     if d.main:

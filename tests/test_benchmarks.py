@@ -4,7 +4,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-from results import suite_objects  # noqa: E402
+from results import suite_objects, top_k_of  # noqa: E402
 from shape_blind import results_row  # noqa: E402
 
 
@@ -40,3 +40,29 @@ def test_shape_blind_reuses_only_a_matching_results_row(tmp_path):
     assert results_row(tmp_path, "abc", tta, ["a"], [0.06, 0.1], True) is None            # other objects
     assert results_row(tmp_path, "abc", tta, ["a", "b"], [0.06, 0.1], False) is None      # no simulation
     assert results_row(tmp_path / "missing", "abc", tta, ["a", "b"], [0.06, 0.1], True) is None
+
+
+def test_top_k_of_keeps_the_best_per_entry_by_the_predictors_rule(tmp_path):
+    import numpy as np
+    import torch
+
+    from dgtr.data import GraspSet, load_grasps, save_grasps
+
+    n = 12
+    rng = np.random.default_rng(0)
+    R = torch.eye(3).expand(n, 3, 3)
+    scale = np.repeat([0.06, 0.1], 6)
+    contacts = np.array([3, 5, 5, 1, 0, 2, 4, 4, 4, 9, 1, 0])
+    pen = rng.random(n) * 1e-3
+    g = GraspSet.from_pose(R, torch.zeros(n, 3), torch.zeros(n, 22), scale, "obj",
+                           {"penetration": pen, "contact_points": contacts})
+    (tmp_path / "src").mkdir()
+    save_grasps(tmp_path / "src" / "obj.npy", g)
+    top_k_of(tmp_path / "src", ["obj"], 2, tmp_path / "out")
+    got = load_grasps(tmp_path / "out" / "obj.npy")
+    want = []
+    for s in (0.06, 0.1):
+        idx = np.flatnonzero(scale == s)
+        want += sorted(idx, key=lambda i: (-contacts[i], pen[i]))[:2]
+    assert np.array_equal(got.extra["contact_points"], contacts[want])
+    assert np.allclose(got.extra["penetration"], pen[want]) and np.allclose(got.scale, scale[want])
