@@ -3,6 +3,8 @@ import json
 import sys
 from pathlib import Path
 
+import pytest
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 from results import suite_objects, top_k_of  # noqa: E402
 from shape_blind import results_row  # noqa: E402
@@ -66,3 +68,13 @@ def test_top_k_of_keeps_the_best_per_entry_by_the_predictors_rule(tmp_path):
         want += sorted(idx, key=lambda i: (-contacts[i], pen[i]))[:2]
     assert np.array_equal(got.extra["contact_points"], contacts[want])
     assert np.allclose(got.extra["penetration"], pen[want]) and np.allclose(got.scale, scale[want])
+
+
+def test_rows_are_picked_by_names_that_may_hold_commas():
+    from results import pick_rows
+
+    rows = [{"name": "DGTR + AB-TTA"}, {"name": "DGTR* (AB-TTA, top 4)"}, {"name": "ground truth (reference)"}]
+    got = pick_rows(rows, "DGTR + AB-TTA,DGTR* (AB-TTA, top 4)", "spec.yaml")
+    assert [r["name"] for r in got] == ["DGTR + AB-TTA", "DGTR* (AB-TTA, top 4)"]
+    with pytest.raises(SystemExit, match="no row named 'nope'"):
+        pick_rows(rows, "DGTR + AB-TTA,nope", "spec.yaml")

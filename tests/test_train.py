@@ -464,14 +464,17 @@ def test_n_points_is_one_setting(dataset, tmp_path):
         config_from_checkpoint({"config": d}, "old.pt")
 
 
-def test_default_checkpoint_config_still_loads():
-    """The bundled checkpoint (in the repository) was written with train.n_points: it loads, same cloud size."""
+def test_bundled_checkpoint_configs_load():
+    """models/pybullet.pt (the default until v1) was written with the old key train.n_points: it still loads, same
+    cloud size; the default checkpoint has only model.n_points."""
     from dgtr.predict import DEFAULT_CHECKPOINT
     from dgtr.train import config_from_checkpoint
 
-    ck = read_checkpoint(DEFAULT_CHECKPOINT)
-    assert ck["config"]["train"]["n_points"] == 4096  # the old key (until the checkpoint is re-exported)
-    assert config_from_checkpoint(ck).model.n_points == ck["config"]["model"]["n_points"] == 4096
+    old = read_checkpoint(REPO / "models" / "pybullet.pt")
+    assert old["config"]["train"]["n_points"] == 4096  # the old key
+    assert config_from_checkpoint(old).model.n_points == old["config"]["model"]["n_points"] == 4096
+    new = read_checkpoint(DEFAULT_CHECKPOINT)
+    assert "n_points" not in new["config"]["train"] and config_from_checkpoint(new).model.n_points == 4096
 
 
 # ------------------------------------------------------------------------------- speed work keeps the losses
