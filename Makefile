@@ -28,6 +28,7 @@ test: $(STAMP)
 # on the val split (benchmarks/dexgraspnet.yaml, val_tune).  train-pybullet: the former default (models/pybullet.pt).
 DGN_MESHES ?= ../shared/dexgraspnet_objects/meshdata
 DEFAULT_TTA := tta.tau=0.02 tta.iterations=100 tta.alpha_pen=5 tta.beta_t=0
+PYBULLET_TTA := tta.tau=0.04 tta.iterations=150 tta.alpha_pen=80 tta.beta_t=0.1
 train-default: $(STAMP)
 	$(BIN)/dgtr train --config configs/dexgraspnet.yaml --data data/dexgraspnet --meshes $(DGN_MESHES) \
 		--cloud-cache runs/clouds_dexgraspnet --out runs/dexgraspnet \
@@ -37,7 +38,7 @@ train-default: $(STAMP)
 train-pybullet: $(STAMP)
 	$(BIN)/dgtr train --config configs/bundled.yaml --data data/pybullet --out runs/default \
 		$(if $(wildcard runs/default/checkpoint.pt),--resume,)
-	$(BIN)/dgtr export runs/default/checkpoint.pt models/pybullet.pt tta.tau=0.04 tta.iterations=150 tta.alpha_pen=80 tta.beta_t=0.1
+	$(BIN)/dgtr export runs/default/checkpoint.pt models/pybullet.pt $(PYBULLET_TTA)
 
 bench: $(STAMP)
 	for f in benchmarks/bench_*.py; do $(BIN)/python $$f || exit 1; done
