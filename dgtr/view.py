@@ -230,15 +230,18 @@ def render(tris: np.ndarray, colours: np.ndarray, elev: float, azim: float, px: 
     pix.append((pr * W + pc)[ok])
     depth.append(np.broadcast_to(pp[:, 2, None, None], ok.shape)[ok])
     c.append(np.full(int(ok.sum()), len(colours)))
-    pix, depth, c = np.concatenate(pix), np.concatenate(depth), np.concatenate(c)
+    # one list of samples; without points the triangles' arrays are used as they are (a copy costs ~25 ms a view)
+    pix, depth, c = (np.concatenate(x) if len(pp) else x[0] for x in (pix, depth, c))
     zbuf = np.full(W * W, -np.inf)
     np.maximum.at(zbuf, pix, depth)                        # per pixel, the depth nearest the viewer
     win = depth == zbuf[pix]
     palette = np.concatenate([np.asarray(colours, dtype=np.float32).reshape(-1, 3), [[0.45, 0.45, 0.45], [1, 1, 1]]])
     idx = np.full(W * W, len(palette) - 1)                 # white background
     idx[pix[win]] = c[win]
-    img = palette[idx]
-    return img.reshape(px, supersample, px, supersample, 3).mean((1, 3))
+    img = palette[idx].reshape(W, W, 3)
+    # the mean of each pixel's samples as strided sums (numpy's mean over two non-adjacent axes is ~4x slower)
+    return sum(img[i::supersample, j::supersample] for i in range(supersample)
+               for j in range(supersample)) / supersample ** 2
 
 
 def png_panels(grasps, hand, mesh=None, points=None, indices=None, px: int = PNG_PX) -> list[tuple]:
