@@ -84,6 +84,7 @@ class LossConfig:
             raise InputError(f"loss.pen_stages: unknown stage(s) {bad}; expected names from {STAGES}")
         if self.chamfer_points < 1:
             raise InputError(f"loss.chamfer_points: need >= 1, got {self.chamfer_points}")
+        self.matcher.check()
 
     def weights(self, stage: str) -> dict[str, float]:
         if stage not in STAGES:
@@ -347,7 +348,8 @@ class SetCriterion(nn.Module):
             if len(static_assignment) != B:
                 raise InputError(f"static_assignment: expected {B} entries, got {len(static_assignment)}")
             static = [from_query_assignment(check_assignment(a, Q, gts[b]["joints"].shape[0],
-                                                             f"static_assignment[{b}]"), outputs["quaternion"].device)
+                                                             f"static_assignment[{b}]", self.cfg.matcher.fill != "none"),
+                                            outputs["quaternion"].device)
                       for b, a in enumerate(static_assignment)]
 
         layers = [outputs] + (list(outputs.get("aux", [])) if self.cfg.aux else [])

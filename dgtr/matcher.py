@@ -9,7 +9,9 @@ the same rotation.  The L1 terms are SUMS over dimensions (as the authors' match
 does), so the 22 joints weigh more than the 3 translation axes.
 
 ``linear_sum_assignment`` handles rectangular costs: with M < Q, Q − M queries stay unmatched (and get no loss); with
-M > Q, only Q ground truths are used.
+M > Q, only Q ground truths are used.  ``MatcherConfig.fill = 'nearest'`` (not in the paper) gives each query left
+unmatched the ground truth of least cost instead (shared with the query Hungarian matched to it), so that every query
+is supervised when an object has fewer grasps than queries (docs/training.md, "Unmatched queries").
 
 Static assignments (DSMT, paper Alg. 1) are stored per object as an int array of length Q: the ground-truth index each
 query is matched to, −1 for unmatched.  ``save_assignments``/``load_assignments`` keep a ``{key: [Q ints]}`` JSON map.
@@ -39,6 +41,11 @@ class MatcherConfig:
     w_joints: float = 1.0
     w_trans: float = 2.0
     w_rot: float = 2.0
+    fill: str = "none"   # 'none' (paper): with M < Q, Q − M queries get no loss; 'nearest': they get their cheapest GT
+
+    def check(self) -> None:
+        if self.fill not in ("none", "nearest"):
+            raise InputError(f"loss.matcher.fill: expected 'none' or 'nearest', got {self.fill!r}")
 
 
 def match_cost(pred: dict, gt: dict, cfg: MatcherConfig | None = None) -> torch.Tensor:
@@ -78,6 +85,10 @@ def hungarian_match(pred: dict, gt_list: list[dict], cfg: MatcherConfig | None =
             raise InputError(f"hungarian_match: matching cost of object {b} has NaN/inf "
                              "(non-finite predictions or targets)")
         r, c = linear_sum_assignment(cost)
+        if cfg is not None and cfg.fill == "nearest" and len(r) < cost.shape[0]:
+            a = cost.argmin(1)          # every query its cheapest ground truth, then the Hungarian pairs over it
+            a[r] = c
+            r, c = np.arange(cost.shape[0]), a
         out.append((torch.as_tensor(r, dtype=torch.long, device=dev), torch.as_tensor(c, dtype=torch.long, device=dev)))
     return out
 
@@ -96,15 +107,17 @@ def from_query_assignment(assignment, device=None) -> Match:
     return pred_idx, a[pred_idx]
 
 
-def check_assignment(assignment, n_queries: int, n_gt: int, name: str = "assignment") -> np.ndarray:
-    """Validate one static assignment against Q queries and M ground truths; returns it as (Q,) int64."""
+def check_assignment(assignment, n_queries: int, n_gt: int, name: str = "assignment",
+                     shared: bool = False) -> np.ndarray:
+    """Validate one static assignment against Q queries and M ground truths (``shared``: several queries may have
+    the same one, ``MatcherConfig.fill``); returns it as (Q,) int64."""
     a = np.asarray(assignment)
     if a.shape != (n_queries,) or not np.issubdtype(a.dtype, np.integer):
         raise InputError(f"{name}: expected {n_queries} integers, got shape {a.shape} dtype {a.dtype}")
     used = a[a >= 0]
     if (a < -1).any() or (used >= n_gt).any():
         raise InputError(f"{name}: ground-truth indices must be -1 or in [0, {n_gt}), got {a.tolist()}")
-    if len(np.unique(used)) != len(used):
+    if not shared and len(np.unique(used)) != len(used):
         raise InputError(f"{name}: a ground truth is assigned to several queries: {a.tolist()}")
     return a.astype(np.int64)
 

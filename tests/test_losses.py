@@ -153,6 +153,23 @@ def test_unmatched_queries_get_no_gradient_and_static_mode(model):
         crit(out, gts[:1])
 
 
+def test_fill_nearest_supervises_every_query_in_both_modes(model):
+    """loss.matcher.fill = 'nearest': with M < Q every query gets gradient, dynamically and from the recorded (shared)
+    static assignment, which the plain criterion refuses."""
+    cfg = LossConfig(chamfer=0, spen=0, aux=False)
+    cfg.matcher.fill = "nearest"
+    crit = SetCriterion(cfg, None, LOWER, UPPER)
+    h = torch.randn(1, 8, 64, requires_grad=True)
+    gts = [random_gt(3, 4)]
+    loss, logs, assign = crit(outputs_from_features(model, h), gts)
+    loss.backward()
+    assert logs["matched"] == 8 and (assign[0] >= 0).all() and (h.grad.abs().sum(-1) > 0).all()
+    out = outputs_from_features(model, h.detach())
+    torch.testing.assert_close(crit(out, gts, static_assignment=assign, stage="smw")[0], loss.detach())
+    with pytest.raises(InputError, match="several queries"):
+        SetCriterion(LossConfig(chamfer=0, spen=0, aux=False), None, LOWER, UPPER)(out, gts, assign, "smw")
+
+
 def test_smpt_terms_match_their_definitions(model):
     hand = FakeHand()
     crit = SetCriterion(LossConfig(), hand, t_range=0.22)

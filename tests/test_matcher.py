@@ -87,3 +87,26 @@ def test_query_assignment_round_trip_and_files(tmp_path):
     path.write_text("[1, 2]")
     with pytest.raises(FileFormatError):
         load_assignments(path)
+
+
+def test_fill_nearest_supervises_every_query():
+    """fill='nearest': the Hungarian pairs are kept, every other query gets its cheapest ground truth; with M >= Q or
+    M = 0 nothing changes; the static assignment that results passes check_assignment only with shared=True."""
+    p, g = grasps(6, 7, batch=1), grasps(3, 8)
+    plain, = hungarian_match(p, [g])
+    (pi, gi), = hungarian_match(p, [g], MatcherConfig(fill="nearest"))
+    assert pi.tolist() == list(range(6))
+    cost = match_cost({k: v[0] for k, v in p.items()}, g)
+    assert torch.equal(gi[plain[0]], plain[1])
+    rest = [i for i in range(6) if i not in plain[0].tolist()]
+    assert torch.equal(gi[rest], cost[rest].argmin(1))
+    a = to_query_assignment((pi, gi), 6)
+    with pytest.raises(InputError, match="several queries"):
+        check_assignment(a, 6, 3)
+    assert check_assignment(a, 6, 3, shared=True).tolist() == a.tolist()
+    for m in (6, 9, 0):
+        g2 = grasps(m, 9)
+        assert [x.tolist() for x in hungarian_match(p, [g2], MatcherConfig(fill="nearest"))[0]] == \
+            [x.tolist() for x in hungarian_match(p, [g2])[0]]
+    with pytest.raises(InputError, match="fill"):
+        MatcherConfig(fill="all").check()
