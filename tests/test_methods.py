@@ -375,6 +375,14 @@ def test_dgtr_train_export_load_predict_eval_a_method(dataset, tmp_path, capsys)
     assert rep["overall"]["n"] == 4 * sum(len(set(load_grasps(dataset / "dataset" / f"{c}.npy").scale.tolist()))
                                           for c in rep["row"]["objects"])
     assert results.run_row(row, "val", suite, args, Path("/")) == rep          # the finished row is reused
+    # a row that differs only in --sim is re-scored on its saved predictions, not predicted again
+    with pytest.MonkeyPatch.context() as mp:
+        seen = {}
+        mp.setattr(results, "predict_row", lambda *a, **k: pytest.fail("predicted again"))
+        mp.setattr(results, "evaluate", lambda d, m, **k: seen.update(k, grasp_dir=d) or {"overall": {"n": 0}})
+        rep_sim = results.run_row(row, "val", suite, SimpleNamespace(**dict(vars(args), sim=True)), Path("/"))
+        assert seen["sim"] is True and seen["grasp_dir"] == tmp_path / "tables" / "val" / results.slug(row["name"])
+        assert rep_sim["row"]["sim"] is True and rep_sim["row"]["time_ms"] == rep["row"]["time_ms"]
     with pytest.raises(SystemExit, match="not found"):
         results.run_row(dict(row, checkpoint=str(tmp_path / "none.pt")), "val", suite, args, Path("/"))
 
