@@ -27,7 +27,7 @@ test: $(STAMP)
 # full 15/5/5 schedule: ~17 h on 2 CPU cores, --device cuda on a GPU), and exports it with the AB-TTA setting chosen
 # on the val split (benchmarks/dexgraspnet.yaml, val_tune).  train-pybullet: the former default (models/pybullet.pt).
 DGN_MESHES ?= ../shared/dexgraspnet_objects/meshdata
-DEFAULT_TTA := tta.tau=0.02 tta.iterations=100 tta.alpha_pen=10 tta.beta_t=0.05
+DEFAULT_TTA := tta.tau=0.02 tta.iterations=100 tta.alpha_pen=20 tta.beta_t=0.05
 PYBULLET_TTA := tta.tau=0.04 tta.iterations=150 tta.alpha_pen=80 tta.beta_t=0.1
 train-default: $(STAMP)
 	$(BIN)/dgtr train --config configs/dexgraspnet.yaml --data data/dexgraspnet --meshes $(DGN_MESHES) \
