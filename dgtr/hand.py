@@ -630,14 +630,15 @@ class ShadowHand:
         (grasp, point, primitive) triplets whose primitive's bounding sphere holds the point (found by one matrix
         product, without autograd); a hand touches a small part of an object cloud, so this is several times cheaper.
         ``PenetrationCache`` is the same sum with the candidate search cached across calls."""
-        R, tt, qq = self._prep(rot, t, q)
-        points = self._tensor(points, "points").to(tt.dtype)
-        B = tt.shape[0]
+        if frames is None:  # (given frames were validated when they were made: no second check per call)
+            frames = self.link_frames(rot, t, q)
+        points = self._tensor(points, "points").to(frames[1].dtype)
+        B = frames[1].shape[0]
         if not (points.dim() == 2 and points.shape[1] == 3) and not (points.dim() == 3 and points.shape[0] == B
                                                                      and points.shape[2] == 3):
             raise InputError(f"points: expected shape (B={B}, P, 3) or (P, 3), got {tuple(points.shape)}")
         self._finite(points, "points")
-        Rg, cg = self.primitive_frames(self.link_frames(R, tt, qq) if frames is None else frames)
+        Rg, cg = self.primitive_frames(frames)
         with torch.no_grad():
             bg, p, x = self._sphere_candidates(cg.detach(), points)
         return self._penetration_sum(Rg, cg, bg, p, x, points.shape[-2])
