@@ -622,9 +622,10 @@ class ShadowHand:
             best = torch.cat([self._all_primitives(c, xc, *dgeom).max(1).indices for xc in xt.detach().split(chunk, 2)], 1)
         return self._selected_primitive(c, x, best, *geom)
 
-    def penetration(self, rot, t, q, points, frames=None) -> torch.Tensor:
-        """Object-penetration sum: Σ_p relu(signed_distance(p)) -> (B,), over points (B, P, 3) per grasp or (P, 3)
-        shared by all grasps. ``frames``: this batch's ``link_frames`` when the caller has them already.
+    def penetration(self, rot, t, q, points, frames=None, margin: float = 0.0) -> torch.Tensor:
+        """Object-penetration sum: Σ_p relu(signed_distance(p) − margin) -> (B,), over points (B, P, 3) per grasp or
+        (P, 3) shared by all grasps. ``frames``: this batch's ``link_frames`` when the caller has them already;
+        ``margin`` (m): depths up to it cost nothing (a dead zone; 0: the plain sum).
 
         Same value and gradients as ``relu(signed_distance(rot, t, q, points)).sum(-1)``, computed on the
         (grasp, point, primitive) triplets whose primitive's bounding sphere holds the point (found by one matrix
@@ -641,7 +642,7 @@ class ShadowHand:
         Rg, cg = self.primitive_frames(frames)
         with torch.no_grad():
             bg, p, x = self._sphere_candidates(cg.detach(), points)
-        return self._penetration_sum(Rg, cg, bg, p, x, points.shape[-2])
+        return self._penetration_sum(Rg, cg, bg, p, x, points.shape[-2], margin)
 
     def primitive_frames(self, frames) -> tuple[torch.Tensor, torch.Tensor]:
         """``link_frames`` output -> centre frames of the collision primitives (``primitives`` order) in the object
@@ -683,9 +684,10 @@ class ShadowHand:
             buf = self._buffers[name] = torch.empty(n, dtype=dtype, device=device)
         return buf[:n]
 
-    def _penetration_sum(self, Rg, cg, bg, p, x, n_pts: int) -> torch.Tensor:
-        """Σ relu(hand sdf) per grasp from candidate triplets (``_sphere_candidates``; a superset is fine): primitive
-        frames Rg (B, G, 3, 3), cg (B, G, 3); bg, p (T,) long; x (T, 3); n_pts: points per point set (p < n_pts)."""
+    def _penetration_sum(self, Rg, cg, bg, p, x, n_pts: int, margin: float = 0.0) -> torch.Tensor:
+        """Σ relu(hand sdf − margin) per grasp from candidate triplets (``_sphere_candidates``; a superset is fine):
+        primitive frames Rg (B, G, 3, 3), cg (B, G, 3); bg, p (T,) long; x (T, 3); n_pts: points per point set
+        (p < n_pts)."""
         B, G = cg.shape[:2]
         c = self._consts(cg.dtype, cg.device)
         Rf, cf = Rg.reshape(-1, 3, 3), cg.reshape(-1, 3)  # flat (grasp, primitive) rows: index_select, not 2-D indexing
@@ -709,10 +711,13 @@ class ShadowHand:
             pick[pair[cand]] = -1
             pick.scatter_reduce_(0, pair[cand], cand, reduce="amax")
             sel = cand[pick[pair[cand]] == cand]
+            if margin > 0:
+                sel = sel[depth.index_select(0, sel) > margin]
             bg, g, x = bg.index_select(0, sel), g.index_select(0, sel), x.index_select(0, sel)
         depth = self._primitive_depth(Rf.index_select(0, bg), cf.index_select(0, bg), c.prim_size.index_select(0, g),
                                       c.prim_is_cap.index_select(0, g), x)
-        return (0 * cg.sum((1, 2))).index_add(0, bg // G, depth)  # attached to the graph even without contact
+        return (0 * cg.sum((1, 2))).index_add(0, bg // G, depth - margin if margin > 0 else depth)  # attached to
+        # the graph even without contact
 
     @staticmethod
     def _primitive_geometry(c, Rl, pl):

@@ -144,6 +144,7 @@ class TTAConfig:
     iterations: int = 50
     tau: float = 0.01           # m, contact threshold of eq. 2
     alpha_pen: float = 5.0      # α1
+    pen_margin: float = 0.0     # m: L_pen = Σ relu(hand sdf − pen_margin), depths below it free (0: the paper's)
     alpha_dist: float = 3.0     # α2
     alpha_spen: float = 5.0     # α3
     beta_t: float = 0.0         # translation step scale (0: translation fixed)
@@ -156,6 +157,8 @@ class TTAConfig:
             raise InputError(f"TTAConfig.optimizer: expected 'adam' or 'sgd', got {self.optimizer!r}")
         if self.iterations < 0 or self.lr <= 0 or self.tau <= 0 or self.beta_t < 0 or self.refresh < 1 or self.n_near < 1:
             raise InputError("TTAConfig: need iterations >= 0, lr > 0, tau > 0, beta_t >= 0, refresh >= 1, n_near >= 1")
+        if not 0 <= self.pen_margin < 0.01:
+            raise InputError(f"TTAConfig.pen_margin: expected 0 <= margin < 0.01 m, got {self.pen_margin}")
 
 
 N_NEIGHBOURS = 8  # object points kept per keypoint between refreshes
@@ -216,14 +219,15 @@ def _sdf_fn(obj, cfg: TTAConfig):
     return fn
 
 
-def tta_losses(hand, R, t, q, near_pts, kp_nbrs_pts, init_close, tau, sdf_fn=None) -> dict[str, torch.Tensor]:
+def tta_losses(hand, R, t, q, near_pts, kp_nbrs_pts, init_close, tau, sdf_fn=None,
+               pen_margin: float = 0.0) -> dict[str, torch.Tensor]:
     """Per-grasp AB-TTA terms (B,) each: 'pen', 'dist', 'spen'.
 
     near_pts (B, n, 3): object points for L_pen; kp_nbrs_pts (B, C, k, 3): candidate nearest object points of each
     keypoint (ignored when ``sdf_fn`` is given); init_close (B, C) bool: keypoint within τ in the initial grasp.
     """
     frames = hand.link_frames(R, t, q)  # once for the penetration sum and the keypoints of both terms below
-    pen = hand.penetration(R, t, q, near_pts, frames=frames)  # Σ relu(hand sdf), on the points near a primitive
+    pen = hand.penetration(R, t, q, near_pts, frames=frames, margin=pen_margin)  # on the points near a primitive
     kp = hand.frame_points(frames, "contact")                                   # (B, C, 3)
     if sdf_fn is not None:
         d = sdf_fn(kp).abs()
@@ -335,7 +339,7 @@ def adapt(hand, points_or_obj, rot, t, q, cfg: TTAConfig | None = None, obj=None
                 near = _gather(pts, _near_hand(hand, R, tp, qp, pts, cfg.n_near))
                 nbrs = None if sdf_fn is not None else _gather(
                     pts, knn(hand.contact_candidates(R, tp, qp), pts, N_NEIGHBOURS))
-        terms = tta_losses(hand, R, tp, qp, near, nbrs, init_close, cfg.tau, sdf_fn)
+        terms = tta_losses(hand, R, tp, qp, near, nbrs, init_close, cfg.tau, sdf_fn, cfg.pen_margin)
         loss = (cfg.alpha_pen * terms["pen"] + cfg.alpha_dist * terms["dist"] + cfg.alpha_spen * terms["spen"])
         opt.zero_grad(set_to_none=True)
         loss.sum().backward()  # grasps are independent: summing keeps each grasp's gradient its own

@@ -224,6 +224,14 @@ def test_penetration_equals_relu_sum_of_sdf(hand):
     shared = pts[0]
     torch.testing.assert_close(hand.penetration(R, t, q, shared), hand.penetration(R, t, q, shared.expand(6, -1, -1)),
                                atol=1e-12, rtol=1e-10)
+    # a dead zone (AB-TTA's pen_margin): Σ relu(sdf − m), values and gradients
+    m = 0.004
+    fast = hand.penetration(matrix_from_axis_angle(leaves[0]), *leaves[1:], pts, margin=m)
+    full = torch.relu(hand.signed_distance(matrix_from_axis_angle(leaves2[0]), *leaves2[1:], pts) - m).sum(-1)
+    assert (full > 0).any() and (full < hand.penetration(R, t, q, pts)).all()
+    torch.testing.assert_close(fast, full, atol=1e-12, rtol=1e-10)
+    for a, b in zip(torch.autograd.grad(fast.sum(), leaves), torch.autograd.grad(full.sum(), leaves2)):
+        torch.testing.assert_close(a, b, atol=1e-10, rtol=1e-8)
 
 
 def test_signed_distance_signs(hand):
