@@ -84,19 +84,24 @@ def grasps_around(B: int, radius: float, device, seed: int = 0):
     return R.to(device), t.to(device), q.to(device)
 
 
-def median_ms_alternating(fns: list, runs: int, device, warmup: int = 3) -> list[float]:
-    """Median ms of each of ``fns``, run in turn (so a change of machine load hits them alike)."""
+def median_ms_alternating(fns: list, runs: int, device, warmup: int = 3, block: int = 5) -> list[float]:
+    """Median ms of each of ``fns`` over ``runs`` timed calls, in alternating blocks of ``block`` calls (so a change
+    of machine load hits them alike), each block after one untimed call: every function is timed in its steady
+    state.  (Alternating single calls timed each one just after the other had run: the plain reference's large
+    temporaries, freed back to the system, made the fast path page-fault its own buffers again, +40 % measured.)"""
     for _ in range(warmup):
         for fn in fns:
             fn()
     times = [[] for _ in fns]
-    for _ in range(runs):
+    while len(times[0]) < runs:
         for fn, ts in zip(fns, times):
-            sync(device)
-            t0 = time.perf_counter()
             fn()
-            sync(device)
-            ts.append((time.perf_counter() - t0) * 1e3)
+            for _ in range(min(block, runs - len(ts))):
+                sync(device)
+                t0 = time.perf_counter()
+                fn()
+                sync(device)
+                ts.append((time.perf_counter() - t0) * 1e3)
     return [statistics.median(ts) for ts in times]
 
 
