@@ -59,7 +59,8 @@ def slug(name: str) -> str:
 def suite_objects(suite: dict, root: Path) -> tuple[Path, Path, list[str]]:
     """(grasp folder, mesh folder, object codes): the split's objects that have a mesh (with or without a grasp
     file; only those with one when the suite says ``with_grasps: true``, e.g. a split of a dataset still being
-    synthesised), or every grasp file's object when the suite has no split; ``sample: N`` keeps a fixed subset."""
+    synthesised), or every grasp file's object when the suite has no split; ``sample: N`` keeps a fixed subset
+    (``sample_from: K``: the N after the first K, e.g. objects a first sample never showed)."""
     grasps, meshes = root / suite["grasps"], root / suite["meshes"]
     if not grasps.is_dir() or not meshes.is_dir():
         raise SystemExit(f"suite: {grasps} or {meshes} not found")
@@ -71,8 +72,9 @@ def suite_objects(suite: dict, root: Path) -> tuple[Path, Path, list[str]]:
             codes = [c for c in codes if (grasps / f"{c}.npy").is_file()]
     else:
         codes = sorted(p.stem for p in grasps.glob("*.npy"))
-    if suite.get("sample"):  # a fixed, category-mixed subset: the first N codes in crc32 order
-        codes = sorted(sorted(codes, key=lambda c: zlib.crc32(c.encode()))[:int(suite["sample"])])
+    if suite.get("sample"):  # a fixed, category-mixed subset: N codes in crc32 order, after the first sample_from
+        start = int(suite.get("sample_from", 0))
+        codes = sorted(sorted(codes, key=lambda c: zlib.crc32(c.encode()))[start:start + int(suite["sample"])])
     return grasps, meshes, codes
 
 

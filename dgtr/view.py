@@ -259,8 +259,8 @@ def png_panels(grasps, hand, mesh=None, points=None, indices=None, px: int = PNG
         centre = (p.min(0) + p.max(0)) / 2
     colours = grasp_colours(n)
     R, t, q = grasps.rotation.numpy(), grasps.translation.numpy(), grasps.joints.numpy()
-    out = []
-    for i in range(n):
+
+    def panel(i: int) -> tuple:
         hv, hf = hand_surface(hand, R[i], t[i], q[i], PNG_CELL)
         elev, azim = _side_view(centre, t[i])
         view = np.array([math.cos(math.radians(elev)) * math.cos(math.radians(azim)),
@@ -276,8 +276,23 @@ def png_panels(grasps, hand, mesh=None, points=None, indices=None, px: int = PNG
         shade = 0.35 + 0.65 * np.abs(nrm @ view)          # headlight: lit from the camera
         img = render(tris, np.concatenate(base) * shade[:, None], elev, azim, px, points=ov if mesh is None else None)
         flagged = bool(extra.get("no_contact", [False] * n)[i]) or bool(extra.get("deep_penetration", [False] * n)[i])
-        out.append((img, _label(extra, i, indices[i]), flagged))
-    return out
+        return img, _label(extra, i, indices[i]), flagged
+
+    # the views over the intra-op threads (numpy releases the GIL in the z-buffer's large array operations)
+    return _parallel_map(panel, range(n))
+
+
+def _parallel_map(fn, items) -> list:
+    """[fn(x) for x in items], over ``torch.get_num_threads()`` threads."""
+    import torch
+    from concurrent.futures import ThreadPoolExecutor
+
+    items = list(items)
+    threads = min(torch.get_num_threads(), len(items))
+    if threads <= 1:
+        return [fn(x) for x in items]
+    with ThreadPoolExecutor(threads) as pool:
+        return list(pool.map(fn, items))
 
 
 def _font(size: int):
