@@ -98,6 +98,19 @@ def object_scales(code: str, grasps: Path, scales: list[float] | None) -> list[f
     return sorted({round(float(s), 6) for s in load_grasps(f).scale}) if f.is_file() else []
 
 
+LATER_TTA_FIELDS = {"pen_margin": 0.0}  # TTAConfig fields added after rows were recorded, with their defaults
+
+
+def tta_record(cfg) -> dict:
+    """An AB-TTA config as rows record it: its fields, less those added later while at their default (so that the
+    rows recorded before them stay valid)."""
+    rec = dataclasses.asdict(cfg)
+    for key, default in LATER_TTA_FIELDS.items():
+        if key in rec and rec[key] == default:
+            del rec[key]
+    return rec
+
+
 def load_predictor(row: dict, root: Path):
     """The row's predictor with its AB-TTA overrides applied, and its provenance record (checkpoint sha256, the
     effective AB-TTA config; JSON-normalised so that it compares equal to a record read back)."""
@@ -116,7 +129,7 @@ def load_predictor(row: dict, root: Path):
     if hasattr(predictor.tta_config, "check"):
         predictor.tta_config.check()
     prov = {"checkpoint": str(ckpt), "checkpoint_sha256": sha256_file(path), "tta": bool(row.get("tta", True)),
-            "tta_config": dataclasses.asdict(predictor.tta_config) if row.get("tta", True) else None,
+            "tta_config": tta_record(predictor.tta_config) if row.get("tta", True) else None,
             "top_k": row.get("top_k")}
     if getattr(predictor, "method", None):  # a comparison method: what it samples, and how
         prov.update(method=predictor.method, sample_config=dataclasses.asdict(predictor.sample_config))

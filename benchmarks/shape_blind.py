@@ -17,7 +17,6 @@ Resumable: a row whose ``metrics.json`` exists with the same checkpoint sha256 a
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import hashlib
 import json
 import math
@@ -36,7 +35,7 @@ from dgtr.files import write_json, write_text
 from dgtr.objects import load_object
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from results import object_scales, suite_objects, suite_scales, table  # noqa: E402
+from results import object_scales, suite_objects, suite_scales, table, tta_record  # noqa: E402
 
 
 def sphere_like(points: torch.Tensor) -> torch.Tensor:
@@ -74,7 +73,7 @@ def run(kind: str, predictor, ckpt_sha: str, suite: dict, args) -> dict:
     grasps, meshes, codes = suite_objects(suite, Path.cwd())
     codes = codes[:args.limit] if args.limit else codes
     scales = suite_scales(suite, grasps)
-    key = {"kind": kind, "checkpoint_sha256": ckpt_sha, "tta": dataclasses.asdict(predictor.tta_config), "sim": args.sim,
+    key = {"kind": kind, "checkpoint_sha256": ckpt_sha, "tta": tta_record(predictor.tta_config), "sim": args.sim,
            "suite": suite, "limit": args.limit, "scales": scales}
     report_path = out / "metrics.json"
     if report_path.exists():
