@@ -4,7 +4,7 @@
 #   bash benchmarks/gpu_bundle.sh [DATA]        # default data/dexgraspnet; writes .gpu/ (git-ignored via .git/info/exclude)
 #
 # The device machine has the repository, PyTorch and most of the scientific stack, but not ../shared (the meshes)
-# and not these packages, so .gpu/ carries: wheels of trimesh, fpsample, mujoco (+ mujoco-core, glfw) for its
+# and not these packages, so .gpu/ carries: wheels of trimesh, fpsample, pykdtree, mujoco (+ mujoco-core, glfw) for its
 # Python 3.12; the ShadowHand assets of gymnasium-robotics as a package of their own (the 26 MB wheel is all other
 # robots); and the sampled object clouds of DATA's train and val splits (one per object, as `dgtr train` samples them;
 # with every cloud cached, `dgtr train` needs no meshes).  Everything that travels must stay under 64 MiB with the
@@ -20,7 +20,7 @@ for p in manylinux_2_28_x86_64 manylinux_2_27_x86_64 manylinux_2_17_x86_64 manyl
     platforms="$platforms --platform $p"
 done
 python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp $platforms \
-    -d .gpu/whl trimesh==5.2.0 fpsample==0.3.3 mujoco==4.0.1 mujoco-core==4.0.1 glfw==2.11.0
+    -d .gpu/whl trimesh==5.2.0 fpsample==0.3.3 pykdtree==1.4.3 mujoco==4.0.1 mujoco-core==4.0.1 glfw==2.11.0
 .venv/bin/python - "$DATA" "$MESHES" <<'PY'
 import shutil, sys
 from pathlib import Path
