@@ -152,17 +152,26 @@ def predict_row(row: dict, predictor, grasps: Path, meshes: Path, codes: list[st
     return times
 
 
-def top_k_of(src: Path, codes: list[str], k: int, out: Path) -> None:
-    """DGTR* from another row's grasps: per (object, scale) entry the ``k`` best of ``src``'s by the rule of
-    ``Predictor.predict(top_k=...)`` (most contact points, then least penetration), read from the scores its files
-    carry; written to ``out``."""
+def top_k_of(src: Path, codes: list[str], k: int, out: Path, rank: str = "contacts", meshes: Path | None = None) -> None:
+    """DGTR* from another row's grasps: per (object, scale) entry the ``k`` best of ``src``'s by
+    ``dgtr.predict.rank_grasps`` (rank 'contacts', the paper's rule, from the scores its files carry; rank 'q1':
+    ``metrics.q1`` on the object's mesh at that scale, as ``dgtr predict --rank q1`` computes it); written to ``out``."""
+    from dgtr.hand import get_hand
+    from dgtr.metrics import q1 as q1_of
+    from dgtr.predict import rank_grasps
+
     for code in codes:
         g = load_grasps(src / f"{code}.npy")
+        base = load_object(mesh_path(meshes, code), code=code) if rank == "q1" else None
         keep = []
         for s in np.unique(g.scale):
             idx = np.flatnonzero(g.scale == s)
-            order = np.lexsort((g.extra["penetration"][idx], -g.extra["contact_points"][idx]))
-            keep.append(idx[order[:k]])
+            sc = {key: g.extra[key][idx] for key in ("penetration", "contact_points")}
+            q1 = None
+            if rank == "q1":
+                sub = g.subset(idx)
+                q1 = q1_of(get_hand(), base.with_scale(float(s)), sub.rotation, sub.translation, sub.joints)
+            keep.append(idx[rank_grasps(sc, k, rank, q1)])
         save_grasps(out / f"{code}.npy", g.subset(np.concatenate(keep)))
 
 
@@ -181,6 +190,8 @@ def run_row(row: dict, suite_name: str, suite: dict, args, root: Path) -> dict:
                              f"({src / 'metrics.json'} not found)") from None
         prov = dict(src_row["provenance"], top_k=int(row["top_k"]), top_k_of=row["top_k_of"],
                     top_k_of_report=sha256_file(src / "metrics.json"))   # a redone source row is a new row
+        if row.get("rank", "contacts") != "contacts":   # (the contact rule is what earlier rows were ranked by)
+            prov["rank"] = row["rank"]
     elif row.get("checkpoint"):
         predictor, prov = load_predictor(row, root)
     else:  # the ground truth: a regenerated dataset is a new row
@@ -206,7 +217,7 @@ def run_row(row: dict, suite_name: str, suite: dict, args, root: Path) -> dict:
     if row.get("top_k_of"):
         out.mkdir(parents=True, exist_ok=True)
         write_json(out / PROVENANCE_FILE, prov)
-        top_k_of(src, codes, int(row["top_k"]), out)
+        top_k_of(src, codes, int(row["top_k"]), out, row.get("rank", "contacts"), meshes)
         grasp_dir, objects = out, codes
     elif reuse is not None:
         print(f"[{suite_name}] {row['name']}: scoring its earlier predictions", flush=True)

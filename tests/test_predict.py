@@ -60,9 +60,14 @@ def test_cli_folder_scales_topk_and_point_cloud(trained, tmp_path):
                      "--scale", "0.08", "--scale", "0.1", "--top-k", "4", "--no-tta", "--out", str(out)]) == 0
     g = load_grasps(out / "box_a.npy")
     assert len(g) == 8 and sorted(g.scales()) == pytest.approx([0.08, 0.1])
-    for s in (0.08, 0.1):  # DGTR* order: contact points descending, then penetration ascending
-        c = g.at_scale(s).extra["contact_points"]
-        assert (np.diff(c) <= 0).all()
+    for s in (0.08, 0.1):  # a mesh: DGTR* ranked by the mesh's Q1 (--rank auto), descending
+        assert (np.diff(g.at_scale(s).extra["q1"]) <= 0).all()
+    out2 = tmp_path / "out2"
+    assert cli_main(["predict", "--checkpoint", str(ckpt), "--meshes", str(data / "meshdata"), "--objects", "box_a",
+                     "--scale", "0.1", "--top-k", "4", "--rank", "contacts", "--no-tta", "--no-pictures",
+                     "--out", str(out2)]) == 0
+    c = load_grasps(out2 / "box_a.npy").extra["contact_points"]  # the paper's order: contact points descending
+    assert len(c) == 4 and (np.diff(c) <= 0).all()
     assert (out / "box_a_s0.08.html").is_file() and (out / "box_a_s0.1.png").is_file()
     cloud = tmp_path / "cloud.npy"
     from dgtr.objects import load_object
@@ -82,6 +87,8 @@ def test_python_api(trained):
     g2 = predictor(pts, tta=False, top_k=3)
     assert len(g2) == 3 and set(g2.extra) == {"penetration", "contact_points", "links_in_contact", "no_contact",
                                               "deep_penetration"}
+    with pytest.raises(InputError, match="q1"):  # a point cloud has no Q1
+        predictor(pts, tta=False, top_k=3, rank="q1")
     a, b = predictor(pts, tta=False), predictor(pts, tta=False)
     assert torch.equal(a.joints, b.joints)  # deterministic inference
     from dgtr.objects import load_object
@@ -368,3 +375,17 @@ def test_cli_unwritable_out_fails_before_work(trained, tmp_path, capsys):
         assert not target.exists()
     finally:
         ro.chmod(0o755)
+
+
+def test_rank_grasps():
+    """DGTR*'s orders: the paper's (contact points, then penetration) and Q1 first (ties by the paper's rule)."""
+    from dgtr.predict import rank_grasps
+
+    sc = {"contact_points": np.array([3, 9, 9, 1, 5]), "penetration": np.array([0.0, 0.004, 0.001, 0.0, 0.002])}
+    assert rank_grasps(sc, 3).tolist() == [2, 1, 4]
+    q1 = np.array([0.1, 0.0, 0.2, 0.2, 0.05])
+    assert rank_grasps(sc, 5, "q1", q1).tolist() == [2, 3, 0, 4, 1]
+    with pytest.raises(InputError, match="q1"):
+        rank_grasps(sc, 3, "q1")
+    with pytest.raises(InputError, match="rank"):
+        rank_grasps(sc, 3, "best")

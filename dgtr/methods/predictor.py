@@ -71,7 +71,8 @@ class MethodPredictor(Predictor):
             raise InputError(f"top_k: expected 1..{n} ({self.method} draws sample.n = {n} grasps per object), "
                              f"got {top_k}")
 
-    def predict(self, inp, tta: bool = True, top_k: int | None = None, network_points: torch.Tensor | None = None):
+    def predict(self, inp, tta: bool = True, top_k: int | None = None, network_points: torch.Tensor | None = None,
+                rank: str = "auto"):
         """``NetworkInput`` → GraspSet in the caller's frame (n grasps, or the best ``top_k``).  The same steps as
         ``Predictor.predict`` with the method's refinement in place of AB-TTA (``network_points``: what the sampler
         sees instead of ``inp.points``; refinement and scores still use the object)."""
@@ -86,8 +87,8 @@ class MethodPredictor(Predictor):
             R, t, q = R.cpu(), t.cpu(), q.cpu()
         sc = self.score(pts, R, t, q)
         order = np.arange(R.shape[0])
-        if top_k is not None:  # DGTR*'s rule: most contact points first, then least penetration
-            order = np.lexsort((sc["penetration"], -sc["contact_points"]))[:int(top_k)]
+        if top_k is not None:  # DGTR*'s ranking (dgtr.predict.rank_grasps)
+            order = self.rank(inp, sc, R, t, q, top_k, rank)
         idx = torch.from_numpy(order)
         t_user = t[idx].double() + torch.from_numpy(inp.offset)
         return GraspSet.from_pose(R[idx], t_user, q[idx], inp.scale, code=inp.code,
