@@ -385,6 +385,8 @@ def test_rank_grasps():
     assert rank_grasps(sc, 3).tolist() == [2, 1, 4]
     q1 = np.array([0.1, 0.0, 0.2, 0.2, 0.05])
     assert rank_grasps(sc, 5, "q1", q1).tolist() == [2, 3, 0, 4, 1]
+    sc["penetration"][2] = 0.004  # 1 and 2 deeper than RANK_PEN: last, whatever their Q1 (between them by Q1)
+    assert rank_grasps(sc, 5, "q1", q1).tolist() == [3, 0, 4, 2, 1]
     with pytest.raises(InputError, match="q1"):
         rank_grasps(sc, 3, "q1")
     with pytest.raises(InputError, match="rank"):
