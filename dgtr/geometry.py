@@ -26,13 +26,13 @@ import torch
 
 from .errors import InputError
 
-__all__ = ["knn", "nearest", "nearest_distance", "gather"]
+__all__ = ["knn", "nearest", "nearest_distance", "gather", "parallel_map"]
 
 _POOL = None
 _POOL_PID = None
 
 
-def _parallel(fn, items: list, n: int) -> list:
+def parallel_map(fn, items: list, n: int) -> list:
     """[fn(x) for x in items] over n threads (a pool kept between calls; made again in a forked child, where the
     parent's threads do not exist)."""
     global _POOL, _POOL_PID
@@ -65,7 +65,7 @@ def _kd_knn(x: torch.Tensor, y: torch.Tensor, owner: torch.Tensor, k: int) -> to
         return KDTree(np.ascontiguousarray(yn[u])).query(queries, k)[1].reshape(len(rows), N, k)
 
     out = np.empty((K, N, k), dtype=np.int64)
-    for rows, idx in zip(groups, _parallel(search, list(zip(sets, groups)), torch.get_num_threads())):
+    for rows, idx in zip(groups, parallel_map(search, list(zip(sets, groups)), torch.get_num_threads())):
         out[rows] = idx
     return torch.from_numpy(out)
 

@@ -716,8 +716,8 @@ class ShadowHand:
             bg, g, x = bg.index_select(0, sel), g.index_select(0, sel), x.index_select(0, sel)
         depth = self._primitive_depth(Rf.index_select(0, bg), cf.index_select(0, bg), c.prim_size.index_select(0, g),
                                       c.prim_is_cap.index_select(0, g), x)
-        return (0 * cg.sum((1, 2))).index_add(0, bg // G, depth - margin if margin > 0 else depth)  # attached to
-        # the graph even without contact
+        # 0 * cg.sum: attached to the graph even without contact
+        return (0 * cg.sum((1, 2))).index_add(0, bg // G, depth - margin if margin > 0 else depth)
 
     @staticmethod
     def _primitive_geometry(c, Rl, pl):

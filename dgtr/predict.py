@@ -20,10 +20,11 @@ in the caller's frame.  Orientation is NOT normalised: a rotated object is grasp
 size and the fix (``--units mm|cm`` / ``--scale``; ``scale=`` in Python).
 
 After the forward pass AB-TTA (``dgtr.tta``, settings from the checkpoint's ``tta`` section) refines the grasps.
-``top_k`` = DGTR*: keep the k best grasps (``rank_grasps``): by ``rank='q1'`` the largest Q1 on the object's mesh
-(``metrics.q1``, the evaluation's Q1), by ``rank='contacts'`` (the paper's rule; no mesh needed) the most contact
-points (contact candidates within 5 mm of the object), ties broken by the smaller penetration; 'auto' (default):
-q1 for a mesh, contacts for a point cloud.  Ranked by Q1, the grasps also carry 'q1'.  Each returned grasp carries ``extra`` values (``score_grasps``):
+``top_k`` = DGTR*: keep the k best grasps (``rank_grasps``): by ``rank='q1'`` those penetrating the cloud by at most
+3 mm first, then the largest Q1 on the object's mesh (``metrics.q1``, the evaluation's Q1); by ``rank='contacts'``
+(the paper's rule; no mesh needed) the most contact points (contact candidates within 5 mm of the object), ties
+broken by the smaller penetration; 'auto' (default): q1 for a mesh, contacts for a point cloud.  Ranked by Q1, the
+grasps also carry 'q1'.  Each returned grasp carries ``extra`` values (``score_grasps``):
 'penetration' (max depth of the object points inside the hand, m), 'contact_points', 'links_in_contact' (hand links
 within 1 cm of the object, the Q1 protocol's contact rule) and two flags, 'no_contact' (no contact point) and
 'deep_penetration' (penetration > 5 mm, ``metrics.PEN_THRESHOLD``).

@@ -279,20 +279,11 @@ def png_panels(grasps, hand, mesh=None, points=None, indices=None, px: int = PNG
         return img, _label(extra, i, indices[i]), flagged
 
     # the views over the intra-op threads (numpy releases the GIL in the z-buffer's large array operations)
-    return _parallel_map(panel, range(n))
-
-
-def _parallel_map(fn, items) -> list:
-    """[fn(x) for x in items], over ``torch.get_num_threads()`` threads."""
     import torch
-    from concurrent.futures import ThreadPoolExecutor
 
-    items = list(items)
-    threads = min(torch.get_num_threads(), len(items))
-    if threads <= 1:
-        return [fn(x) for x in items]
-    with ThreadPoolExecutor(threads) as pool:
-        return list(pool.map(fn, items))
+    from .geometry import parallel_map
+
+    return parallel_map(panel, list(range(n)), torch.get_num_threads())
 
 
 def _font(size: int):
