@@ -32,7 +32,8 @@ import torch.nn.functional as F
 
 from .errors import InputError
 from .geometry import gather as _gather, knn  # the grouping's search and gather (dgtr.model.knn: the methods use it)
-from .rotations import matrix_from_quaternion
+from .refine import ContactRefiner
+from .rotations import matrix_from_quaternion, quaternion_from_matrix
 
 __all__ = ["ModelConfig", "DGTR", "build_model", "farthest_point_sample", "MIN_POINTS"]
 
@@ -71,6 +72,10 @@ class ModelConfig:
     # token xyz (m) / pos_scale → position MLP, so its input is O(1).  No measurable effect on its own (1-epoch small
     # run: val loss 27.37 at 1.0 vs 27.49 at 0.1); kept for conditioning.
     pos_scale: float = 0.1
+    # A learned contact refinement after the heads (dgtr/refine.py; ours, not in the paper): the final grasps take
+    # one step towards touching the object without penetrating it.  Trained by ``train.epochs_refine``.
+    refine: bool = False
+    refine_width: int = 512
 
     @classmethod
     def reference(cls) -> "ModelConfig":
@@ -89,6 +94,8 @@ class ModelConfig:
             raise InputError(f"ModelConfig.query_content: 'zero' or 'learned', got {self.query_content!r}")
         if not self.pos_scale > 0:
             raise InputError(f"ModelConfig.pos_scale must be > 0, got {self.pos_scale}")
+        if self.refine_width < 1:
+            raise InputError(f"ModelConfig.refine_width must be >= 1, got {self.refine_width}")
         if not self.t_range > 0:
             raise InputError(f"ModelConfig.t_range must be > 0, got {self.t_range}")
         if min(self.sa_k) < 1 or min(self.sa_centres) < 1 or self.n_queries < 1 or self.n_layers < 1:
@@ -299,6 +306,7 @@ class DGTR(nn.Module):
         hh = cfg.head_hidden
         head = lambda n: nn.Sequential(nn.Linear(d, hh), nn.ReLU(inplace=True), nn.Linear(hh, n))
         self.joint_head, self.trans_head, self.rot_head = head(J), head(3), head(4)
+        self.refiner = ContactRefiner(lower, upper, cfg.refine_width) if cfg.refine else None
 
     def compile_encoder(self) -> bool:
         """Compile each set abstraction's training path (``SetAbstraction.grouped``: Linear, BatchNorm, ReLU and the
@@ -346,12 +354,14 @@ class DGTR(nn.Module):
             "rotation": matrix_from_quaternion(q),
         }
 
-    def forward(self, points: torch.Tensor) -> dict:
+    def forward(self, points: torch.Tensor, refine: bool = True) -> dict:
         """points (B, N ≥ 64, 3) → dict of the final decoder layer's predictions:
 
         'rotation' (B,Q,3,3), 'quaternion' (B,Q,4) unit wxyz, 'translation' (B,Q,3) m, 'joints' (B,Q,J) rad,
         'translation_norm' (B,Q,3) and 'joints_norm' (B,Q,J) in [0,1], 'aux': list (L-1) of the same dicts for
         the earlier layers in order (empty when cfg.aux_loss is False).
+        With a refiner (cfg.refine) and ``refine``, the final grasps are the refiner's and the decoder's own are in
+        'coarse' (the same keys); ``refine=False`` gives the decoder's (what the DSMT losses train).
         """
         xyz = self._check(points)
         # FPS runs once: farthest-point sampling from index 0 of points that are themselves a farthest-point prefix
@@ -375,7 +385,19 @@ class DGTR(nn.Module):
         preds = self.heads(self.out_norm(torch.stack(hs)))     # every value (L', B, Q, ...)
         out = {k: v[-1] for k, v in preds.items()}
         out["aux"] = [{k: v[i] for k, v in preds.items()} for i in range(len(hs) - 1)]
+        if self.refiner is not None and refine:
+            out = self.refined(points.to(self.joint_lower.dtype), out)
         return out
+
+    def refined(self, points: torch.Tensor, out: dict) -> dict:
+        """The prediction dict ``out`` (of ``forward(points, refine=False)``) with its final grasps refined."""
+        R, t, q = self.refiner(points, out["rotation"], out["translation"], out["joints"])
+        lo, hi = self.joint_lower, self.joint_upper
+        quat = quaternion_from_matrix(R)
+        quat = quat * torch.where((quat * out["quaternion"]).sum(-1, keepdim=True) < 0, -1.0, 1.0)  # the coarse sign
+        return dict(out, coarse={k: v for k, v in out.items() if k != "aux"}, rotation=R, translation=t, joints=q,
+                    quaternion=quat, translation_norm=(t / self.cfg.t_range + 1) / 2,
+                    joints_norm=(q - lo) / (hi - lo))
 
 
 def build_model(cfg: ModelConfig, joint_lower: torch.Tensor, joint_upper: torch.Tensor) -> DGTR:

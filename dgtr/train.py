@@ -8,6 +8,8 @@ One command runs the whole schedule:
    One pass over every entry (not the last DMT epoch's batches) means no entry is ever missing (DESIGN.md §3 traps).
 3. SMW (``epochs_smw``): the static assignment, same losses.
 4. SMPT (``epochs_smpt``): the static assignment + object penetration and distance losses.
+5. REF (``epochs_refine``, ours, not in the paper; needs ``model.refine``): the decoder frozen (eval mode), only the
+   contact refiner (dgtr/refine.py) trained, on the AB-TTA objective of the run's ``tta`` settings (no ground truth).
 
 Validation (every ``val_every`` epochs, the VAL split only, never test): the loss with Hungarian matching and the
 DMT weights (comparable across stages) and the mean max penetration depth of the object points into the hands
@@ -76,6 +78,7 @@ class TrainSettings:
     epochs_dmt: int = 15
     epochs_smw: int = 5
     epochs_smpt: int = 5
+    epochs_refine: int = 0        # the contact refiner's own stage (model.refine; dgtr/refine.py), after SMPT
     batch_size: int = 32          # objects (dataset entries = object × scale) per optimiser step, all ranks together
     lr: float = 2e-4
     weight_decay: float = 5e-6
@@ -118,8 +121,10 @@ class TrainConfig:
         s = self.train
         self.model.check()
         self.tta.check()
-        if min(s.epochs_dmt, s.epochs_smw, s.epochs_smpt) < 0 or s.epochs_dmt + s.epochs_smw + s.epochs_smpt < 1:
+        if min(s.epochs_dmt, s.epochs_smw, s.epochs_smpt, s.epochs_refine) < 0 or self.total_epochs < 1:
             raise InputError("train.epochs_*: need non-negative epochs, at least one in total")
+        if s.epochs_refine and not self.model.refine:
+            raise InputError("train.epochs_refine: the model has no refiner to train (set model.refine=true)")
         if s.checkpoint_every < 1:
             raise InputError(f"train.checkpoint_every: need >= 1, got {s.checkpoint_every}")
         if s.batch_size < 1 or s.lr <= 0 or s.weight_decay < 0 or s.grad_clip < 0 or s.num_workers < 0:
@@ -136,13 +141,14 @@ class TrainConfig:
 
     @property
     def total_epochs(self) -> int:
-        return self.train.epochs_dmt + self.train.epochs_smw + self.train.epochs_smpt
+        return self.train.epochs_dmt + self.train.epochs_smw + self.train.epochs_smpt + self.train.epochs_refine
 
 
 def stage_of(cfg: TrainConfig, epoch: int) -> str:
-    """Stage of 0-based ``epoch``: 'dmt', 'smw' or 'smpt'."""
+    """Stage of 0-based ``epoch``: 'dmt', 'smw', 'smpt' or 'ref'."""
     s = cfg.train
-    return "dmt" if epoch < s.epochs_dmt else "smw" if epoch < s.epochs_dmt + s.epochs_smw else "smpt"
+    ends = np.cumsum([s.epochs_dmt, s.epochs_smw, s.epochs_smpt])
+    return next((name for name, end in zip(("dmt", "smw", "smpt"), ends) if epoch < end), "ref")
 
 
 def entry_key(code: str, scale: float) -> str:
@@ -454,7 +460,7 @@ def rotate_batch(batch: dict, R: torch.Tensor) -> dict:
 def _lr_lambda(cfg: TrainConfig, steps_per_epoch: int):
     """Factor on the base lr at optimiser step k: cosine from 1 to lr_min/lr over each stage (or the whole run)."""
     s = cfg.train
-    bounds = [0, s.epochs_dmt, s.epochs_dmt + s.epochs_smw, cfg.total_epochs]
+    bounds = [0, *np.cumsum([s.epochs_dmt, s.epochs_smw, s.epochs_smpt]).tolist(), cfg.total_epochs]
     if s.lr_schedule == "run":
         bounds = [0, cfg.total_epochs]
     bounds = [b * steps_per_epoch for b in bounds]
@@ -477,7 +483,7 @@ def record_static_assignment(model, criterion, ds, cfg: TrainConfig, d: _Dist, d
     out: dict[str, list[int]] = {}
     loader = _loader(ds, max(1, math.ceil(cfg.train.batch_size / d.world)), d, False, cfg.train.seed, 0, 0)
     for batch in loader:
-        pred = model(batch["points"].to(device))
+        pred = model(batch["points"].to(device), refine=False)
         gts = criterion.prepare_targets(_targets(batch, device), pred["translation"].dtype, device)
         for k, m in zip(_keys(batch), hungarian_match(pred, gts, cfg.loss.matcher)):
             out[k] = to_query_assignment(m, cfg.model.n_queries).tolist()
@@ -583,13 +589,20 @@ def _run_epoch(model, criterion, opt, sched, loader, stage: str, static, cfg: Tr
             batch = rotate_batch(batch, random_rotations(len(batch["code"]), s.augment_rotation, gen))
         pts = batch["points"].to(dev)
         keys = _keys(batch)
-        pred = model(pts)
-        sa = None if stage == "dmt" else [static[k] for k in keys]
-        loss, logs, used = criterion(pred, _targets(batch, dev), sa, stage, pts)
+        if stage == "ref":
+            (loss, logs), used = _refine_step(model, pts, cfg), []
+        else:
+            pred = model(pts, refine=False)
+            sa = None if stage == "dmt" else [static[k] for k in keys]
+            loss, logs, used = criterion(pred, _targets(batch, dev), sa, stage, pts)
         if not torch.isfinite(loss):
             raise DgtrError(f"training diverged: loss is {float(loss)} at step {step + 1} ({desc}); try a lower train.lr")
         opt.zero_grad(set_to_none=True)
         loss.backward()
+        if stage == "ref" and dist.is_initialized():  # the refiner runs outside DDP's wrapper: average its grads
+            for p in _core(model).refiner.parameters():
+                dist.all_reduce(p.grad)
+                p.grad /= dist.get_world_size()
         if s.grad_clip > 0:
             logs["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(model.parameters(), s.grad_clip))
         opt.step()
@@ -605,6 +618,23 @@ def _run_epoch(model, criterion, opt, sched, loader, stage: str, static, cfg: Tr
                 writer.add_scalar(f"step/{k}", v, step)
             writer.add_scalar("step/lr", opt.param_groups[0]["lr"], step)
     return sums, count, assign, step
+
+
+def _core(model):
+    return model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
+
+
+def _refine_step(model, pts, cfg: TrainConfig):
+    """The REF stage's loss for one batch: the frozen decoder's grasps (eval mode, no gradient), refined, scored by
+    ``dgtr.refine.refine_loss`` with the run's AB-TTA settings."""
+    from .refine import refine_loss
+
+    core = _core(model)
+    core.eval()
+    with torch.no_grad():
+        coarse = core(pts, refine=False)
+    coarse = (coarse["rotation"], coarse["translation"], coarse["joints"])
+    return refine_loss(pts, coarse, core.refiner(pts, *coarse), cfg.tta)
 
 
 # ------------------------------------------------------------------------------------------------- training
@@ -691,7 +721,11 @@ def train(cfg: TrainConfig, data, out, resume: bool = False, device: str = "cpu"
                   file=sys.stderr, flush=True)
     else:
         if init is not None:
-            load_weights(model, init["model"], f"train.init {s.init}")
+            state = init["model"]
+            if model.refiner is not None and not any(k.startswith("refiner.") for k in state):
+                # a model trained without a refiner: this run's refiner starts as the identity it is built as
+                state = dict(state, **{f"refiner.{k}": v for k, v in model.refiner.state_dict().items()})
+            load_weights(model, state, f"train.init {s.init}")
             if d.main:
                 print(f"dgtr train: starting from the weights of {s.init} (epoch {init.get('epoch', '?')} of its run)",
                       file=sys.stderr, flush=True)
@@ -721,7 +755,7 @@ def train(cfg: TrainConfig, data, out, resume: bool = False, device: str = "cpu"
             stage = stage_of(cfg, epoch)
             t_epoch = time.perf_counter()
             train_ds.set_epoch(epoch)  # this epoch's clouds (train.n_clouds), also for the static assignment pass
-            if stage != "dmt" and static is None:
+            if stage in ("smw", "smpt") and static is None:
                 static = record_static_assignment(core, criterion, train_ds, cfg, d, dev)
                 if d.main:
                     save_assignments(out / "static_assignment.json", static)
