@@ -84,3 +84,15 @@ def test_ref_stage_trains_the_refiner_alone_from_a_run_without_one(dataset, tmp_
     bad = tiny_config(epochs_refine=1)
     with pytest.raises(InputError, match="model.refine"):
         train(bad, dataset, tmp_path / "c")
+
+
+def test_ref_stage_resumes_bit_exact(dataset, tmp_path):  # noqa: F811
+    cfg = tiny_config(epochs_dmt=1, epochs_smw=0, epochs_smpt=0, epochs_refine=2, val_every=0)
+    cfg.model.refine, cfg.tta.tau = True, 0.05
+    full = weights(train(cfg, dataset, tmp_path / "a"))
+    for n in (2, 1):  # killed after the DMT epoch and after the first REF epoch
+        train(cfg, dataset, tmp_path / "b", resume=(tmp_path / "b" / "checkpoint.pt").exists(), max_epochs=n)
+    resumed = weights(read_checkpoint(tmp_path / "b" / "checkpoint.pt")["model"])
+    assert read_checkpoint(tmp_path / "b" / "checkpoint.pt")["epoch"] == 3
+    for k, v in full.items():
+        assert torch.equal(v, resumed[k]), k
